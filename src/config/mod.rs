@@ -1,0 +1,177 @@
+//! Configuration: the TOML file (`milter.toml`), its defaults and its validation.
+//!
+//! Every section and every key is optional; [`Config::default`] is a configuration that runs on
+//! a fresh machine. [`Config::load`] reads and checks a file; errors name the file and, where a
+//! value is at fault, its line (`/etc/mxsentry/milter.toml:7: unknown field ...`).
+//!
+//! Values are checked while they are deserialized (durations, listen addresses, networks,
+//! return codes, SMTP replies, ranges), so serde's error carries the value's span; checks that
+//! need more than one value run afterwards in `validate`.
+
+mod de;
+mod duration;
+mod listen;
+mod sections;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use de::MIN_MAX_FRAME;
+pub use duration::parse_duration;
+pub use listen::ListenSpec;
+pub use sections::{
+    Action, DnsConfig, DnsblConfig, DnsblZone, GreylistConfig, HeloConfig, LogConfig, LogFormat,
+    MetricsConfig, MilterConfig, Mode, RdnsConfig, RegexRule, SenderRulesConfig, StoreKind,
+    TempFailureAction, TrustedConfig,
+};
+pub use values::{is_listing_answer, ReturnCode};
+
+/// A configuration error: `file:line: reason`, or `file: reason` when no line applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The 1-based line of the offending key or value, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.reason),
+            None => write!(f, "{}: {}", self.file.display(), self.reason),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[milter]`: sockets, our names, mode, limits.
+    pub milter: MilterConfig,
+    /// `[trusted]`: clients that skip all checks.
+    pub trusted: TrustedConfig,
+    /// `[dns]`: resolver settings.
+    pub dns: DnsConfig,
+    /// `[helo]`: HELO/EHLO checks.
+    pub helo: HeloConfig,
+    /// `[rdns]`: reverse-DNS (FCrDNS) checks.
+    pub rdns: RdnsConfig,
+    /// `[dnsbl]`: DNS block and allow lists.
+    pub dnsbl: DnsblConfig,
+    /// `[greylist]`: greylisting.
+    pub greylist: GreylistConfig,
+    /// `[sender_rules]`: access file and sender regexes.
+    pub sender_rules: SenderRulesConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Where the daemon looks for its configuration unless told otherwise.
+    pub const DEFAULT_PATH: &'static str = "/etc/mxsentry/milter.toml";
+
+    /// Reads and checks the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks configuration text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: e.span().map(|span| line_at(text, span.start)),
+            reason: e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(": "),
+        })?;
+        config.validate(text, path)?;
+        Ok(config)
+    }
+
+    /// The checks that need more than one value, or that run on `Spanned` fields.
+    fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let error = |line: Option<usize>, reason: String| ConfigError {
+            file: path.to_path_buf(),
+            line,
+            reason,
+        };
+        let g = &self.greylist;
+        if g.delay >= g.retry_window {
+            return Err(error(
+                key_line(text, "greylist", "retry_window").or(key_line(text, "greylist", "delay")),
+                format!(
+                    "greylist.delay ({}) must be shorter than greylist.retry_window ({})",
+                    duration::format_duration(g.delay),
+                    duration::format_duration(g.retry_window)
+                ),
+            ));
+        }
+        for rule in &self.sender_rules.regex {
+            if let Err(reason) = values::check_regex(rule.pattern.get_ref(), rule.case_insensitive)
+            {
+                return Err(error(
+                    Some(line_at(text, rule.pattern.span().start)),
+                    reason,
+                ));
+            }
+            if let Err(reason) = crate::checks::sender_rules::Action::parse(rule.action.get_ref()) {
+                let line = Some(line_at(text, rule.action.span().start));
+                return Err(error(line, reason.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line of `key = ...` inside the `[section]` table, for checks that run after
+/// deserializing plain values (found by a simple scan: dotted or inline forms give `None`).
+fn key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            let header = line.trim_start_matches('[').split(']').next().unwrap_or("");
+            current = header.chars().filter(|c| !c.is_whitespace()).collect();
+        } else if current == section {
+            if let Some(rest) = line.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(index + 1);
+                }
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,540 @@
+//! The sections of the configuration file, their defaults and their value types.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::de;
+use super::listen::ListenSpec;
+use super::values::{self, is_listing_answer, ReturnCode};
+
+/// Whether mxsentry acts on its verdicts or only logs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// `"enforce"`: verdicts are sent to the MTA.
+    #[default]
+    Enforce,
+    /// `"dry-run"`: every message is accepted; verdicts are logged and counted.
+    DryRun,
+}
+
+/// What to do about one finding (a bogus HELO, a missing PTR, a DNSBL listing, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// `"reject"`: permanent 5xx refusal.
+    Reject,
+    /// `"tempfail"`: temporary 4xx refusal.
+    Tempfail,
+    /// `"greylist"`: greylist the message even if greylisting would otherwise skip it.
+    Greylist,
+    /// `"delay"`: refuse later, at RCPT time (so exempt recipients still get through).
+    Delay,
+    /// `"tag"`: accept and add the tag header.
+    Tag,
+    /// `"log"`: accept and log.
+    Log,
+    /// `"off"`: ignore the finding.
+    Off,
+}
+
+/// `[milter]`: how the MTA talks to us and who we are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MilterConfig {
+    /// Sockets to accept MTA connections on; one string or an array.
+    /// Default: `inet:8890@127.0.0.1`.
+    #[serde(deserialize_with = "de::listen_list")]
+    pub listen: Vec<ListenSpec>,
+    /// Our host name (lowercased, no trailing dot); HELO checks refuse clients that claim it.
+    /// Default: `/proc/sys/kernel/hostname`, else `localhost`.
+    #[serde(deserialize_with = "de::one::<_, de::DnsNameP>")]
+    pub hostname: String,
+    /// More names of ours (lowercased, no trailing dot). Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::DnsNameP>")]
+    pub local_names: Vec<String>,
+    /// Our IP addresses, for HELO `[ip]` literal checks. Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::IpAddrP>")]
+    pub local_addresses: Vec<IpAddr>,
+    /// `"enforce"` or `"dry-run"`. Default: enforce.
+    pub mode: Mode,
+    /// Recipient local parts that are never refused (case-insensitive).
+    /// Default: `["postmaster", "abuse"]`.
+    #[serde(deserialize_with = "de::list::<_, de::LocalPartP>")]
+    pub exempt_recipients: Vec<String>,
+    /// Most MTA connections served at once (at least 1). Default: 1024.
+    #[serde(deserialize_with = "de::max_connections")]
+    pub max_connections: usize,
+    /// Longest wait for the MTA's next command. Default: 300s.
+    #[serde(deserialize_with = "de::one::<_, de::NonZeroDurationP>")]
+    pub idle_timeout: Duration,
+    /// Longest wait to write a reply to the MTA. Default: 30s.
+    #[serde(deserialize_with = "de::one::<_, de::NonZeroDurationP>")]
+    pub write_timeout: Duration,
+    /// Largest milter frame accepted, in bytes (at least [`MIN_MAX_FRAME`](super::MIN_MAX_FRAME) = 65540, since MTAs
+    /// send 64 KiB body chunks). Default: 1 MiB.
+    #[serde(deserialize_with = "de::max_frame")]
+    pub max_frame: usize,
+    /// Permissions of Unix sockets, from an octal string like `"0660"`. Default: unchanged.
+    #[serde(deserialize_with = "de::opt::<_, de::OctalModeP>")]
+    pub socket_mode: Option<u32>,
+    /// Owner (user name) of Unix sockets. Default: unchanged.
+    pub socket_owner: Option<String>,
+    /// Group of Unix sockets. Default: unchanged.
+    pub socket_group: Option<String>,
+    /// Header added by the `tag` action. Default: `X-Mxsentry`.
+    #[serde(deserialize_with = "de::one::<_, de::HeaderNameP>")]
+    pub tag_header: String,
+}
+
+impl Default for MilterConfig {
+    fn default() -> Self {
+        MilterConfig {
+            listen: vec![ListenSpec::Inet(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                8890,
+            )))],
+            hostname: system_hostname(),
+            local_names: Vec::new(),
+            local_addresses: Vec::new(),
+            mode: Mode::Enforce,
+            exempt_recipients: vec!["postmaster".into(), "abuse".into()],
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(30),
+            max_frame: 1024 * 1024,
+            socket_mode: None,
+            socket_owner: None,
+            socket_group: None,
+            tag_header: "X-Mxsentry".into(),
+        }
+    }
+}
+
+impl MilterConfig {
+    /// Whether `name` is our host name or one of `local_names` (case-insensitive, a trailing
+    /// dot ignored).
+    pub fn is_local_name(&self, name: &str) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        self.hostname.eq_ignore_ascii_case(name)
+            || self
+                .local_names
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// Whether the recipient local part is in `exempt_recipients` (case-insensitive).
+    pub fn is_exempt_recipient(&self, local_part: &str) -> bool {
+        self.exempt_recipients
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(local_part))
+    }
+}
+
+/// The machine's host name, lowercased, or `localhost`.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .and_then(|h| values::check_dns_name(h.trim()).ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// `[trusted]`: clients that skip every check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustedConfig {
+    /// Trusted client networks; bare addresses are /32 or /128.
+    /// Default: `127.0.0.0/8`, `::1/128`.
+    #[serde(deserialize_with = "de::list::<_, de::NetworkP>")]
+    pub networks: Vec<IpNet>,
+    /// Whether SMTP-AUTHenticated clients are trusted. Default: true.
+    pub authenticated: bool,
+}
+
+impl Default for TrustedConfig {
+    fn default() -> Self {
+        TrustedConfig {
+            networks: vec![
+                IpNet::V4(Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("prefix <= 32")),
+                IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            ],
+            authenticated: true,
+        }
+    }
+}
+
+impl TrustedConfig {
+    /// Whether `ip` is in a trusted network; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+    /// counts as its IPv4 address.
+    pub fn is_trusted_ip(&self, ip: IpAddr) -> bool {
+        let mapped = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        self.networks
+            .iter()
+            .any(|net| net.contains(&ip) || mapped.is_some_and(|v4| net.contains(&v4)))
+    }
+}
+
+/// What to do when a DNS lookup fails temporarily (timeout, SERVFAIL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TempFailureAction {
+    /// `"tempfail"`: answer with `dns.tempfail_reply`.
+    #[default]
+    Tempfail,
+    /// `"ignore"`: treat the check as passed.
+    Ignore,
+}
+
+/// `[dns]`: the resolver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers as `IP` (port 53) or `IP:PORT`; empty uses the system resolver
+    /// (/etc/resolv.conf). Default: empty.
+    #[serde(deserialize_with = "de::list::<_, de::NameserverP>")]
+    pub nameservers: Vec<SocketAddr>,
+    /// Timeout of one lookup. Default: 3s.
+    #[serde(deserialize_with = "de::one::<_, de::NonZeroDurationP>")]
+    pub timeout: Duration,
+    /// Cached answers kept (0 disables the cache). Default: 10000.
+    pub cache_size: usize,
+    /// Most lookups in flight at once (at least 1). Default: 256.
+    #[serde(deserialize_with = "de::max_concurrent")]
+    pub max_concurrent: usize,
+    /// `"tempfail"` or `"ignore"` on a temporary DNS failure. Default: tempfail.
+    pub temp_failure: TempFailureAction,
+    /// The 4xx reply for a temporary DNS failure.
+    /// Default: `451 4.4.3 Temporary DNS failure, please try again later`.
+    #[serde(deserialize_with = "de::one::<_, de::TempReplyP>")]
+    pub tempfail_reply: String,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(3),
+            cache_size: 10_000,
+            max_concurrent: 256,
+            temp_failure: TempFailureAction::Tempfail,
+            tempfail_reply: "451 4.4.3 Temporary DNS failure, please try again later".into(),
+        }
+    }
+}
+
+/// `[helo]`: HELO/EHLO checks (our own name or address claimed, malformed names, ...).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeloConfig {
+    /// Action on a bogus HELO. Default: reject.
+    pub action: Action,
+    /// Reply for a bogus HELO; `{helo}` is the name given.
+    /// Default: `550 5.7.1 Access denied - bogus HELO {helo}`.
+    #[serde(deserialize_with = "de::one::<_, de::ReplyP>")]
+    pub reply: String,
+    /// Also require the HELO name to resolve in DNS. Default: false.
+    pub check_resolves: bool,
+}
+
+impl Default for HeloConfig {
+    fn default() -> Self {
+        HeloConfig {
+            action: Action::Reject,
+            reply: "550 5.7.1 Access denied - bogus HELO {helo}".into(),
+            check_resolves: false,
+        }
+    }
+}
+
+/// `[rdns]`: reverse DNS of the client address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RdnsConfig {
+    /// Action when the client address has no PTR record. Default: tempfail.
+    pub no_ptr: Action,
+    /// Action when the PTR name does not resolve back to the address. Default: tempfail.
+    pub forged: Action,
+    /// Action when the PTR name looks like a dynamic (end-user) address. Default: greylist.
+    pub dynamic: Action,
+    /// Extra regexes (case-insensitive) for dynamic host names. Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::RegexP>")]
+    pub dynamic_patterns: Vec<String>,
+    /// Reply for `no_ptr`; `{client_ip}` is the address.
+    /// Default: `450 4.7.25 Client host rejected: cannot find your hostname, [{client_ip}]`.
+    #[serde(deserialize_with = "de::one::<_, de::ReplyP>")]
+    pub no_ptr_reply: String,
+    /// Reply for `forged`; `{client_name}` is the PTR name. Default:
+    /// `450 4.7.25 Client host rejected: hostname {client_name} does not resolve to address {client_ip}`.
+    #[serde(deserialize_with = "de::one::<_, de::ReplyP>")]
+    pub forged_reply: String,
+}
+
+impl Default for RdnsConfig {
+    fn default() -> Self {
+        RdnsConfig {
+            no_ptr: Action::Tempfail,
+            forged: Action::Tempfail,
+            dynamic: Action::Greylist,
+            dynamic_patterns: Vec::new(),
+            no_ptr_reply:
+                "450 4.7.25 Client host rejected: cannot find your hostname, [{client_ip}]".into(),
+            forged_reply: "450 4.7.25 Client host rejected: hostname {client_name} does not \
+                           resolve to address {client_ip}"
+                .into(),
+        }
+    }
+}
+
+/// `[dnsbl]`: DNS block lists (scored) and allow lists.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsblConfig {
+    /// Summed weight of listings at which `action` applies (at least 1). Default: 1.
+    #[serde(deserialize_with = "de::threshold")]
+    pub threshold: u32,
+    /// Action when the threshold is reached. Default: reject.
+    pub action: Action,
+    /// IP block lists (`[[dnsbl.zones]]`), queried with the reversed client address.
+    /// Default: none.
+    pub zones: Vec<DnsblZone>,
+    /// Domain block lists (`[[dnsbl.domain_zones]]`), queried with domain names.
+    /// Default: none.
+    pub domain_zones: Vec<DnsblZone>,
+    /// IP allow lists (`[[dnsbl.allow_zones]]`): a listed client skips the DNSBL verdict.
+    /// Default: none.
+    pub allow_zones: Vec<DnsblZone>,
+}
+
+impl Default for DnsblConfig {
+    fn default() -> Self {
+        DnsblConfig {
+            threshold: 1,
+            action: Action::Reject,
+            zones: Vec::new(),
+            domain_zones: Vec::new(),
+            allow_zones: Vec::new(),
+        }
+    }
+}
+
+/// One DNS list. `zone` is required; the rest have defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsblZone {
+    /// The list's DNS zone (lowercased, no trailing dot). Required.
+    #[serde(deserialize_with = "de::one::<_, de::DnsNameP>")]
+    pub zone: String,
+    /// Weight a listing adds (may be negative). Default: 1.
+    #[serde(default = "default_weight")]
+    pub weight: i32,
+    /// Answers that count as a listing; empty means any 127.0.0.0/8 answer except the
+    /// 127.255.255.0/24 error codes. Default: empty.
+    #[serde(default, deserialize_with = "de::list::<_, de::ReturnCodeP>")]
+    pub returncodes: Vec<ReturnCode>,
+    /// Reply when this list causes a refusal; `{client_ip}`, `{zone}` available.
+    /// Default: none (the generic reply).
+    #[serde(default, deserialize_with = "de::opt::<_, de::ReplyP>")]
+    pub message: Option<String>,
+    /// Lookup timeout for this list. Default: `dns.timeout`.
+    #[serde(default, deserialize_with = "de::opt::<_, de::NonZeroDurationP>")]
+    pub timeout: Option<Duration>,
+}
+
+fn default_weight() -> i32 {
+    1
+}
+
+impl Default for DnsblZone {
+    fn default() -> Self {
+        DnsblZone {
+            zone: String::new(),
+            weight: 1,
+            returncodes: Vec::new(),
+            message: None,
+            timeout: None,
+        }
+    }
+}
+
+impl DnsblZone {
+    /// Whether the answer `ip` counts as a listing under `returncodes`.
+    pub fn is_listed(&self, ip: Ipv4Addr) -> bool {
+        if self.returncodes.is_empty() {
+            is_listing_answer(ip)
+        } else {
+            self.returncodes.iter().any(|code| code.matches(ip))
+        }
+    }
+}
+
+/// Where greylisting state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// `"embedded"`: a local database file at `greylist.path`.
+    #[default]
+    Embedded,
+    /// `"redis"`: a Redis server at `greylist.redis_url`, shared between MX hosts.
+    Redis,
+}
+
+/// `[greylist]`: greylisting of (client, sender, recipient) triplets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GreylistConfig {
+    /// Whether greylisting runs. Default: true.
+    pub enabled: bool,
+    /// How long a new triplet is refused (must be shorter than `retry_window`). Default: 5m.
+    #[serde(deserialize_with = "de::one::<_, de::DurationP>")]
+    pub delay: Duration,
+    /// How long after first sight a retry is accepted. Default: 2d.
+    #[serde(deserialize_with = "de::one::<_, de::DurationP>")]
+    pub retry_window: Duration,
+    /// How long a passed triplet stays allowed without a new delay. Default: 24h.
+    #[serde(deserialize_with = "de::one::<_, de::DurationP>")]
+    pub autowhite: Duration,
+    /// IPv4 clients are grouped by this prefix length (0..=32). Default: 24.
+    #[serde(deserialize_with = "de::ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    /// IPv6 clients are grouped by this prefix length (0..=128). Default: 64.
+    #[serde(deserialize_with = "de::ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// Group clients by the domain of a verified PTR name (outbound pools). Default: true.
+    pub pool_by_rdns: bool,
+    /// A client that passed this many triplets skips greylisting (0: never). Default: 5.
+    pub client_autowhite_after: u32,
+    /// `"embedded"` or `"redis"`. Default: embedded.
+    pub store: StoreKind,
+    /// Database file of the embedded store. Default: `/var/lib/mxsentry/greylist.db`.
+    #[serde(deserialize_with = "de::one::<_, de::PathP>")]
+    pub path: PathBuf,
+    /// Redis server (`redis://`, `rediss://` or `unix://`). Default: `redis://127.0.0.1:6379/0`.
+    #[serde(deserialize_with = "de::one::<_, de::RedisUrlP>")]
+    pub redis_url: String,
+    /// How often the embedded store commits. Default: 1s.
+    #[serde(deserialize_with = "de::one::<_, de::NonZeroDurationP>")]
+    pub commit_interval: Duration,
+    /// Store hashed triplet keys instead of addresses (privacy). Default: false.
+    pub hash_keys: bool,
+    /// The 4xx reply while greylisted; `{remaining}` is the seconds left.
+    /// Default: `450 4.7.1 Greylisted, try again in {remaining} seconds`.
+    #[serde(deserialize_with = "de::one::<_, de::TempReplyP>")]
+    pub reply: String,
+}
+
+impl Default for GreylistConfig {
+    fn default() -> Self {
+        GreylistConfig {
+            enabled: true,
+            delay: Duration::from_secs(5 * 60),
+            retry_window: Duration::from_secs(2 * 86_400),
+            autowhite: Duration::from_secs(24 * 3_600),
+            ipv4_prefix: 24,
+            ipv6_prefix: 64,
+            pool_by_rdns: true,
+            client_autowhite_after: 5,
+            store: StoreKind::Embedded,
+            path: PathBuf::from("/var/lib/mxsentry/greylist.db"),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            commit_interval: Duration::from_secs(1),
+            hash_keys: false,
+            reply: "450 4.7.1 Greylisted, try again in {remaining} seconds".into(),
+        }
+    }
+}
+
+/// `[sender_rules]`: Postfix-style access file and sender regexes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SenderRulesConfig {
+    /// Access file (`sender  ACTION` lines). Default: none.
+    #[serde(deserialize_with = "de::opt::<_, de::PathP>")]
+    pub access_file: Option<PathBuf>,
+    /// Regex rules (`[[sender_rules.regex]]`), matched against the envelope sender in order.
+    /// Default: none.
+    pub regex: Vec<RegexRule>,
+}
+
+/// One `[[sender_rules.regex]]` rule. `pattern` and `action` are required.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRule {
+    /// The regex matched against the envelope sender address. Required.
+    pub pattern: Spanned<String>,
+    /// The action, as understood by `checks::sender_rules::Action::parse`. Required.
+    pub action: Spanned<String>,
+    /// Match regardless of case. Default: true.
+    #[serde(default = "default_true")]
+    pub case_insensitive: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl RegexRule {
+    /// The compiled pattern (validated when the configuration was parsed).
+    pub fn compile(&self) -> Result<regex::Regex, regex::Error> {
+        regex::RegexBuilder::new(self.pattern.get_ref())
+            .case_insensitive(self.case_insensitive)
+            .build()
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP metrics endpoint; `""` or `"off"` disables it.
+    /// Default: `127.0.0.1:9890`.
+    #[serde(deserialize_with = "de::metrics_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9890))),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `"text"`: human-readable lines.
+    #[default]
+    Text,
+    /// `"json"`: one JSON object per line.
+    Json,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` or `"json"`. Default: text.
+    pub format: LogFormat,
+    /// Level or filter directives, e.g. `"info"` or `"info,mxsentry=debug"`.
+    /// Default: `info`.
+    #[serde(deserialize_with = "de::one::<_, de::NonEmptyP>")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}

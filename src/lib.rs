@@ -1,0 +1,14 @@
+//! mxsentry: a mail filter (milter) that decides, per SMTP session, whether mail is accepted,
+//! temp-failed, rejected or discarded.
+//!
+//! Layout: `protocol` is the pure wire codec; `server` owns sockets and connections; `session`
+//! is the per-connection milter state machine; `checks` each turn what the MTA told us into
+//! findings; `policy` is the one place that turns findings into a verdict.
+
+pub mod checks;
+pub mod config;
+pub mod decision_log;
+pub mod policy;
+pub mod protocol;
+pub mod server;
+pub mod session;

@@ -1,0 +1,120 @@
+//! The `mxsentry` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use mxsentry::checks::sender_rules;
+use mxsentry::{decision_log, policy, server::Server};
+
+const DEFAULT_CONFIG: &str = "/etc/mxsentry/milter.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "mxsentry",
+    version,
+    about = "A fast, observable mail filter (milter) for Postfix and sendmail"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the milter in the foreground; logs go to stderr (journald friendly).
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate the configuration and the rule files it names; prints `file:line: reason` on error.
+    CheckConfig {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Work with sendmail access files.
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// Read a sendmail access file and print the rules mxsentry understood, and every line it
+    /// could not use with its line number. Exits 1 if any line was not understood.
+    Import {
+        /// The access file (plain text, as for makemap).
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { config } => match policy::load(&config) {
+            Ok((_, policy)) => {
+                let (access, regex) = policy.rule_counts();
+                println!(
+                    "{}: OK ({access} access rules, {regex} regex rules)",
+                    config.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Access {
+            command: AccessCommand::Import { file },
+        } => match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let (report, bad) = sender_rules::import_report(&text);
+                print!("{report}");
+                if bad == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(config_path: PathBuf) -> ExitCode {
+    let (config, policy) = match policy::load(&config_path) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    decision_log::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = Server::new(config_path, config, policy);
+    match runtime.block_on(server.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! One MTA connection: owns the socket and its buffers, reads frames, lets the session answer.
+//!
+//! Buffers are allocated once per connection and reused for every frame; frames are split off
+//! the read buffer without copying (`BytesMut::split_to` + `freeze`).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::command::decode_command;
+use crate::protocol::frame::split_frame;
+use crate::session::{Flow, Session};
+
+/// Limits that protect the daemon from a slow or broken peer.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_frame: usize,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionEnd {
+    #[error("peer closed the connection")]
+    PeerClosed,
+    #[error("peer closed the connection in the middle of a frame")]
+    Truncated,
+    #[error("quit")]
+    Quit,
+    #[error("idle for {0:?}")]
+    IdleTimeout(Duration),
+    #[error("write timed out after {0:?}")]
+    WriteTimeout(Duration),
+    #[error("bad frame: {0}")]
+    Frame(#[from] crate::protocol::frame::FrameError),
+    #[error("bad command: {0}")]
+    Decode(#[from] crate::protocol::command::DecodeError),
+    #[error("protocol error: {0}")]
+    Session(#[from] crate::session::SessionError),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ConnectionEnd {
+    /// A normal end (no log line at warning level).
+    pub fn is_clean(&self) -> bool {
+        matches!(self, ConnectionEnd::PeerClosed | ConnectionEnd::Quit)
+    }
+}
+
+/// Serves milter commands on `stream` until QUIT, EOF, a timeout or a protocol error.
+pub async fn serve<S>(mut stream: S, mut session: Session, limits: Limits) -> ConnectionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut wbuf = BytesMut::with_capacity(1024);
+    loop {
+        // Answer everything already buffered before reading again (the MTA may pipeline
+        // no-reply commands such as MACRO, CONNECT, HELO, MAIL behind each other).
+        let frame = match split_frame(&mut rbuf, limits.max_frame) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                if !wbuf.is_empty() {
+                    if let Err(e) = flush(&mut stream, &mut wbuf, limits.write_timeout).await {
+                        return e;
+                    }
+                }
+                if rbuf.capacity() - rbuf.len() < 4096 {
+                    rbuf.reserve(16 * 1024);
+                }
+                match tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut rbuf)).await {
+                    Err(_) => return ConnectionEnd::IdleTimeout(limits.idle_timeout),
+                    Ok(Err(e)) => return ConnectionEnd::Io(e),
+                    Ok(Ok(0)) if rbuf.is_empty() => return ConnectionEnd::PeerClosed,
+                    Ok(Ok(0)) => return ConnectionEnd::Truncated,
+                    Ok(Ok(_)) => continue,
+                }
+            }
+            Err(e) => return e.into(),
+        };
+        let command = match decode_command(frame) {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        match session.handle(command, &mut wbuf).await {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Close) => {
+                let _ = flush(&mut stream, &mut wbuf, limits.write_timeout).await;
+                return ConnectionEnd::Quit;
+            }
+            Err(e) => return e.into(),
+        }
+    }
+}
+
+async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    wbuf: &mut BytesMut,
+    timeout: Duration,
+) -> Result<(), ConnectionEnd> {
+    match tokio::time::timeout(timeout, stream.write_all(wbuf)).await {
+        Err(_) => Err(ConnectionEnd::WriteTimeout(timeout)),
+        Ok(Err(e)) => Err(ConnectionEnd::Io(e)),
+        Ok(Ok(())) => {
+            wbuf.clear();
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Binding the `milter.listen` sockets: inet, inet6 and unix (stale socket removed, mode and
+//! owner applied).
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::config::{ListenSpec, MilterConfig};
+
+/// A bound listening socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+/// Binds one listener; errors name the address.
+pub async fn bind(spec: &ListenSpec, milter: &MilterConfig) -> Result<Listener, String> {
+    match spec {
+        ListenSpec::Inet(addr) => TcpListener::bind(addr)
+            .await
+            .map(Listener::Tcp)
+            .map_err(|e| format!("cannot listen on {spec}: {e}")),
+        ListenSpec::Unix(path) => {
+            remove_stale_socket(path).map_err(|e| format!("cannot listen on {spec}: {e}"))?;
+            let listener =
+                UnixListener::bind(path).map_err(|e| format!("cannot listen on {spec}: {e}"))?;
+            apply_socket_permissions(path, milter)
+                .map_err(|e| format!("cannot set permissions of {spec}: {e}"))?;
+            Ok(Listener::Unix(listener, path.clone()))
+        }
+    }
+}
+
+/// A socket file left by a crashed daemon is removed; one that still answers is in use.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on this socket",
+                ));
+            }
+            std::fs::remove_file(path)
+        }
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "path exists and is not a socket",
+        )),
+    }
+}
+
+fn apply_socket_permissions(path: &Path, milter: &MilterConfig) -> io::Result<()> {
+    if let Some(mode) = milter.socket_mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    let uid = match &milter.socket_owner {
+        Some(name) => Some(lookup_id("/etc/passwd", name)?),
+        None => None,
+    };
+    let gid = match &milter.socket_group {
+        Some(name) => Some(lookup_id("/etc/group", name)?),
+        None => None,
+    };
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(path, uid, gid)?;
+    }
+    Ok(())
+}
+
+/// Resolves a user or group name (or a number) from /etc/passwd or /etc/group.
+fn lookup_id(file: &str, name: &str) -> io::Result<u32> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    let text = std::fs::read_to_string(file)?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, id)| id.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no such name `{name}` in {file}"),
+            )
+        })
+}

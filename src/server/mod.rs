@@ -1,0 +1,241 @@
+//! The server: listeners, one task per MTA connection, reload and graceful shutdown.
+//!
+//! Connections are bounded by a semaphore (`milter.max_connections`); a connection over the limit
+//! waits in the accept queue rather than being refused, as libmilter does. SIGHUP swaps in a new
+//! policy for sessions that start afterwards; SIGTERM stops accepting and lets sessions in flight
+//! finish up to a deadline.
+
+pub mod connection;
+pub mod listener;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::policy::{self, Policy};
+use crate::protocol::negotiate::Needs;
+use crate::session::{self, PolicySource, Session};
+use connection::Limits;
+use listener::Listener;
+
+/// How long SIGTERM waits for sessions in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// The policy in force, swapped as a whole on reload.
+pub struct SharedPolicy {
+    current: RwLock<Arc<Policy>>,
+}
+
+impl SharedPolicy {
+    pub fn new(policy: Policy) -> SharedPolicy {
+        SharedPolicy {
+            current: RwLock::new(Arc::new(policy)),
+        }
+    }
+
+    pub fn replace(&self, policy: Policy) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    }
+}
+
+impl PolicySource for SharedPolicy {
+    fn current(&self) -> Arc<Policy> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A running daemon's shared parts.
+pub struct Server {
+    config_path: PathBuf,
+    config: Config,
+    policy: Arc<SharedPolicy>,
+    needs: Arc<Needs>,
+}
+
+impl Server {
+    pub fn new(config_path: PathBuf, config: Config, policy: Policy) -> Server {
+        Server {
+            config_path,
+            config,
+            policy: Arc::new(SharedPolicy::new(policy)),
+            needs: Arc::new(session::default_needs()),
+        }
+    }
+
+    /// Binds every listener, serves until SIGTERM/SIGINT, then drains.
+    pub async fn run(self) -> Result<(), String> {
+        let mut listeners = Vec::new();
+        for spec in &self.config.milter.listen {
+            listeners.push(listener::bind(spec, &self.config.milter).await?);
+        }
+        let listen_list = self
+            .config
+            .milter
+            .listen
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (access, regex) = self.policy.current().rule_counts();
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %self.config_path.display(),
+            listen = %listen_list,
+            mode = ?self.config.milter.mode,
+            access_rules = access,
+            regex_rules = regex,
+            "mxsentry started"
+        );
+
+        let max = self.config.milter.max_connections;
+        let slots = Arc::new(Semaphore::new(max));
+        let limits = Limits {
+            max_frame: self.config.milter.max_frame,
+            idle_timeout: self.config.milter.idle_timeout,
+            write_timeout: self.config.milter.write_timeout,
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut accept_tasks = Vec::new();
+        for l in listeners {
+            accept_tasks.push(tokio::spawn(accept_loop(
+                l,
+                slots.clone(),
+                self.policy.clone() as Arc<dyn PolicySource>,
+                self.needs.clone(),
+                limits,
+                stop_rx.clone(),
+            )));
+        }
+
+        wait_for_signals(&self.config_path, &self.policy).await;
+        tracing::info!("shutting down: no new connections, draining sessions in flight");
+        let _ = stop_tx.send(true);
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(max as u32)).await;
+        match drained {
+            Ok(_) => tracing::info!("all sessions finished; exiting"),
+            Err(_) => tracing::warn!(
+                in_flight = max - slots.available_permits(),
+                "sessions still open after {SHUTDOWN_GRACE:?}; exiting anyway"
+            ),
+        }
+        for spec in &self.config.milter.listen {
+            if let crate::config::ListenSpec::Unix(path) = spec {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves SIGHUP (reload) until SIGTERM or SIGINT arrives.
+async fn wait_for_signals(config_path: &std::path::Path, shared: &SharedPolicy) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; running until killed");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(config_path, shared),
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+        }
+    }
+}
+
+/// Re-reads the config and rule files; on any error keeps the policy in force.
+pub fn reload(config_path: &std::path::Path, shared: &SharedPolicy) {
+    match policy::load(config_path) {
+        Ok((_config, policy)) => {
+            let (access, regex) = policy.rule_counts();
+            shared.replace(policy);
+            tracing::info!(
+                config = %config_path.display(),
+                access_rules = access,
+                regex_rules = regex,
+                "configuration reloaded"
+            );
+        }
+        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    slots: Arc<Semaphore>,
+    policies: Arc<dyn PolicySource>,
+    needs: Arc<Needs>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            a = accept(&listener) => a,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                let session = Session::new(policies.clone(), needs.clone());
+                tokio::spawn(async move {
+                    let end = match stream {
+                        Stream::Tcp(s) => {
+                            let _ = s.set_nodelay(true);
+                            connection::serve(s, session, limits).await
+                        }
+                        Stream::Unix(s) => connection::serve(s, session, limits).await,
+                    };
+                    if end.is_clean() {
+                        tracing::debug!(peer = %peer, "connection closed: {end}");
+                    } else {
+                        tracing::warn!(peer = %peer, "connection closed: {end}");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::error!("accept failed: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<(Stream, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, a) = l.accept().await?;
+            Ok((Stream::Tcp(s), a.to_string()))
+        }
+        Listener::Unix(l, path) => {
+            let (s, _) = l.accept().await?;
+            Ok((Stream::Unix(s), format!("unix:{}", path.display())))
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Per-connection state: what the MTA told us (macros, client, HELO, envelope) and the milter
+//! state machine that answers each command.
+//!
+//! Connection state (client, HELO) lives until QUIT or QUIT_NC; message state (sender,
+//! recipients, tags) is reset by ABORT and after end-of-message, as libmilter does.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::decision_log::{self, DecisionLine};
+use crate::policy::{Decision, Envelope, Policy, Verdict};
+use crate::protocol::command::{ClientAddress, Command, MacroPairs};
+use crate::protocol::flags;
+use crate::protocol::negotiate::{negotiate, Needs, Negotiated, StageSet};
+use crate::protocol::reply::{encode_reply, Reply};
+
+/// Source of the current policy; sessions take a snapshot at each CONNECT so a reload never
+/// changes the rules in the middle of an SMTP session.
+pub trait PolicySource: Send + Sync {
+    fn current(&self) -> Arc<Policy>;
+}
+
+/// What the connection loop should do after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close,
+}
+
+/// A protocol violation: the connection is closed with a log line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("{0} before option negotiation")]
+    NotNegotiated(&'static str),
+    #[error("option negotiation sent twice")]
+    Renegotiation,
+    #[error("negotiation failed: {0}")]
+    Negotiation(String),
+}
+
+/// Macros by the stage they were sent for. Kept as the frame's own bytes: no copy per frame.
+#[derive(Default)]
+struct Macros {
+    by_stage: [Option<MacroPairs>; 8],
+}
+
+impl Macros {
+    fn slot(stage: u8) -> usize {
+        match stage {
+            b'C' => 0,
+            b'H' => 1,
+            b'M' => 2,
+            b'R' => 3,
+            b'T' => 4,
+            b'N' => 5,
+            b'E' => 6,
+            _ => 7,
+        }
+    }
+
+    fn set(&mut self, stage: u8, pairs: MacroPairs) {
+        self.by_stage[Self::slot(stage)] = Some(pairs);
+    }
+
+    /// Latest value of a macro; `name` without braces matches `{name}` too.
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        let bare = name.trim_start_matches('{').trim_end_matches('}');
+        self.by_stage.iter().rev().flatten().find_map(|pairs| {
+            pairs.iter().find_map(|(k, v)| {
+                let k = trim_braces(k);
+                (k == bare.as_bytes()).then_some(v)
+            })
+        })
+    }
+
+    /// Forget the message-stage macros (ABORT / end of message); keep CONNECT and HELO ones.
+    fn reset_message(&mut self) {
+        for slot in &mut self.by_stage[2..] {
+            *slot = None;
+        }
+    }
+}
+
+fn trim_braces(k: &[u8]) -> &[u8] {
+    match k {
+        [b'{', inner @ .., b'}'] => inner,
+        _ => k,
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Strips `<...>` from an envelope address as the MTA sends it.
+fn bare_address(arg: &[u8]) -> String {
+    let s = String::from_utf8_lossy(arg);
+    let s = s.trim();
+    let s = s.strip_prefix('<').unwrap_or(s);
+    let s = s.strip_suffix('>').unwrap_or(s);
+    s.to_string()
+}
+
+#[derive(Default)]
+struct Message {
+    sender: Option<String>,
+    accepted: Vec<String>,
+    /// A verdict that covers the whole message (trusted client, OK rule).
+    whole_message: Option<Verdict>,
+    /// Dry-run notes for the tag header, e.g. `would-reject sender_rules=...`.
+    tags: Vec<String>,
+    findings: Vec<String>,
+}
+
+/// One MTA connection's milter session.
+pub struct Session {
+    policies: Arc<dyn PolicySource>,
+    policy: Arc<Policy>,
+    needs: Arc<Needs>,
+    negotiated: Option<Negotiated>,
+    macros: Macros,
+    client_name: String,
+    client_ip: Option<IpAddr>,
+    helo: String,
+    message: Message,
+    started: Instant,
+}
+
+impl Session {
+    pub fn new(policies: Arc<dyn PolicySource>, needs: Arc<Needs>) -> Session {
+        let policy = policies.current();
+        Session {
+            policies,
+            policy,
+            needs,
+            negotiated: None,
+            macros: Macros::default(),
+            client_name: String::new(),
+            client_ip: None,
+            helo: String::new(),
+            message: Message::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Handles one command and appends any reply to `out`.
+    pub async fn handle(&mut self, cmd: Command, out: &mut BytesMut) -> Result<Flow, SessionError> {
+        let code = cmd.code();
+        let reply = match cmd {
+            Command::OptNeg {
+                version,
+                actions,
+                protocol,
+            } => {
+                if self.negotiated.is_some() {
+                    return Err(SessionError::Renegotiation);
+                }
+                let n = negotiate(version, actions, protocol, &self.needs)
+                    .map_err(|e| SessionError::Negotiation(e.to_string()))?;
+                encode_reply(&n.reply(&self.needs.macros), out);
+                self.negotiated = Some(n);
+                return Ok(Flow::Continue);
+            }
+            Command::Quit => return Ok(Flow::Close),
+            Command::QuitNewConnection => {
+                // The MTA reuses this connection for a new SMTP session (no new OPTNEG).
+                self.reset_connection();
+                return Ok(Flow::Continue);
+            }
+            Command::Macro { stage, pairs } => {
+                self.macros.set(stage, pairs);
+                return Ok(Flow::Continue);
+            }
+            Command::Abort => {
+                self.reset_message();
+                return Ok(Flow::Continue);
+            }
+            Command::Connect { hostname, address } => {
+                self.reset_connection_keep_macros();
+                self.policy = self.policies.current();
+                self.client_name = lossy(&hostname);
+                self.client_ip = match address {
+                    ClientAddress::Inet { ip, .. } => Some(ip),
+                    _ => None,
+                };
+                Reply::Continue
+            }
+            Command::Helo { name } => {
+                self.helo = lossy(&name);
+                Reply::Continue
+            }
+            Command::Mail { args } => {
+                self.reset_message_keep_macros();
+                self.message.sender = Some(args.first().map(bare_address).unwrap_or_default());
+                Reply::Continue
+            }
+            Command::Rcpt { args } => {
+                let rcpt = args.first().map(bare_address).unwrap_or_default();
+                self.decide_recipient(rcpt)
+            }
+            Command::EndOfMessage { .. } => self.end_of_message(out),
+            Command::Data
+            | Command::Header { .. }
+            | Command::EndOfHeaders
+            | Command::Body { .. }
+            | Command::Unknown { .. } => Reply::Continue,
+        };
+        let Some(negotiated) = &self.negotiated else {
+            return Err(SessionError::NotNegotiated(command_name(code)));
+        };
+        if negotiated.expects_reply(code) {
+            encode_reply(&reply, out);
+        }
+        if code == b'E' {
+            self.reset_message();
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn decide_recipient(&mut self, rcpt: String) -> Reply {
+        if let Some(whole) = &self.message.whole_message {
+            // Trusted client or OK rule: the message is already decided.
+            let reply = verdict_reply(whole);
+            self.message.accepted.push(rcpt);
+            return reply;
+        }
+        let sender = self.message.sender.clone().unwrap_or_default();
+        let authenticated = self
+            .macros
+            .get("auth_authen")
+            .is_some_and(|v| !v.is_empty());
+        let env = Envelope {
+            client_ip: self.client_ip,
+            client_name: &self.client_name,
+            helo: &self.helo,
+            sender: &sender,
+            recipient: &rcpt,
+            authenticated,
+        };
+        let decision = self.policy.decide_recipient(&env);
+        self.record(&decision, rcpt)
+    }
+
+    /// Logs a refusal now (the recipient never becomes part of a message); remembers an
+    /// acceptance for the end-of-message log line.
+    fn record(&mut self, decision: &Decision, rcpt: String) -> Reply {
+        for f in &decision.findings {
+            self.message.findings.push(f.to_string());
+        }
+        if let Some(would) = &decision.would {
+            let detail = decision
+                .findings
+                .iter()
+                .map(|f| format!("{}={}", f.check, f.detail))
+                .collect::<Vec<_>>()
+                .join(" ");
+            self.message
+                .tags
+                .push(format!("would-{} {detail}", would.name()));
+        }
+        match &decision.verdict {
+            Verdict::Accept => self.message.whole_message = Some(Verdict::Accept),
+            Verdict::Discard => self.message.whole_message = Some(Verdict::Discard),
+            _ => {}
+        }
+        let reply = verdict_reply(&decision.verdict);
+        // A refused or discarded recipient never reaches end-of-message (the MTA sends ABORT
+        // after a discard), so its line is written now.
+        if decision.verdict.is_blocking() {
+            self.log_line(
+                decision.verdict.name(),
+                decision.verdict.reply().map(|r| r.to_string()),
+                &rcpt,
+                &decision
+                    .findings
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        } else {
+            self.message.accepted.push(rcpt);
+        }
+        reply
+    }
+
+    /// Adds the dry-run tag header if any, logs the accepted message and gives the final reply.
+    fn end_of_message(&mut self, out: &mut BytesMut) -> Reply {
+        if self.message.whole_message == Some(Verdict::Discard) {
+            return Reply::Discard; // already logged at RCPT
+        }
+        if !self.message.tags.is_empty() {
+            let can_add = self
+                .negotiated
+                .as_ref()
+                .is_some_and(|n| n.actions & flags::SMFIF_ADDHDRS != 0);
+            if can_add {
+                let value = self.message.tags.join("; ");
+                encode_reply(
+                    &Reply::AddHeader {
+                        name: Bytes::copy_from_slice(self.policy.tag_header().as_bytes()),
+                        value: Bytes::from(value),
+                    },
+                    out,
+                );
+            }
+        }
+        let rcpts = self.message.accepted.join(",");
+        let findings = self.message.findings.join(",");
+        self.log_line("accept", None, &rcpts, &findings);
+        Reply::Accept
+    }
+
+    fn log_line(&self, verdict: &str, reply: Option<String>, rcpt: &str, findings: &str) {
+        let queue_id = self.macros.get("i").map(lossy);
+        decision_log::emit(&DecisionLine {
+            queue_id: queue_id.as_deref().unwrap_or("-"),
+            client_ip: &self
+                .client_ip
+                .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+            client_name: &self.client_name,
+            helo: &self.helo,
+            from: self.message.sender.as_deref().unwrap_or(""),
+            rcpt,
+            verdict,
+            reply: reply.as_deref().unwrap_or(""),
+            findings,
+            delay_ms: self.started.elapsed().as_millis() as u64,
+        });
+    }
+
+    fn reset_message_keep_macros(&mut self) {
+        self.message = Message::default();
+    }
+
+    fn reset_message(&mut self) {
+        self.message = Message::default();
+        self.macros.reset_message();
+    }
+
+    fn reset_connection_keep_macros(&mut self) {
+        self.message = Message::default();
+        self.client_name.clear();
+        self.client_ip = None;
+        self.helo.clear();
+        self.started = Instant::now();
+    }
+
+    fn reset_connection(&mut self) {
+        self.reset_connection_keep_macros();
+        self.macros = Macros::default();
+    }
+}
+
+fn verdict_reply(v: &Verdict) -> Reply {
+    match v {
+        Verdict::Continue => Reply::Continue,
+        Verdict::Accept => Reply::Accept,
+        Verdict::Discard => Reply::Discard,
+        Verdict::Reject(r) | Verdict::Tempfail(r) => Reply::ReplyCode {
+            text: Bytes::from(r.to_string()),
+        },
+    }
+}
+
+fn command_name(code: u8) -> &'static str {
+    match code {
+        b'C' => "CONNECT",
+        b'H' => "HELO",
+        b'M' => "MAIL",
+        b'R' => "RCPT",
+        b'T' => "DATA",
+        b'L' => "HEADER",
+        b'N' => "EOH",
+        b'B' => "BODY",
+        b'E' => "EOM",
+        b'U' => "UNKNOWN",
+        _ => "command",
+    }
+}
+
+/// What mxsentry asks of the MTA: the stages it reads, the one it answers (RCPT, where verdicts
+/// are given), the actions it may take and the macros it wants per stage.
+pub fn default_needs() -> Needs {
+    Needs {
+        actions: flags::SMFIF_ADDHDRS,
+        stages: StageSet::CONNECT | StageSet::HELO | StageSet::MAIL | StageSet::RCPT,
+        reply_stages: StageSet::RCPT,
+        macros: vec![
+            (
+                flags::SMFIM_CONNECT,
+                "j _ {daemon_name} {if_addr} {client_addr} {client_name} {client_ptr} {client_resolve}".into(),
+            ),
+            (flags::SMFIM_ENVFROM, "i {auth_type} {auth_authen} {mail_addr}".into()),
+            (flags::SMFIM_ENVRCPT, "i {rcpt_addr}".into()),
+            (flags::SMFIM_EOM, "i".into()),
+        ],
+    }
+}

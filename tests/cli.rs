@@ -1,0 +1,80 @@
+//! The command line as an admin uses it: check-config, access import, run refusing bad config.
+
+use std::process::Command;
+
+fn mxsentry(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mxsentry"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/milter.toml");
+    let (code, out, err) = mxsentry(&["check-config", "--config", path]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK"), "{out}");
+}
+
+#[test]
+fn check_config_reports_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("milter.toml");
+    std::fs::write(
+        &path,
+        "[milter]\nhostname = \"mx.example.org\"\nlisen = \"inet:1@127.0.0.1\"\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, _, err) = mxsentry(&["check-config", "--config", p]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{p}:3:")), "{err}");
+    assert!(err.contains("lisen"), "{err}");
+
+    // a bad access-file line is reported with the access file's name and line
+    let access = dir.path().join("access");
+    std::fs::write(
+        &access,
+        "# comment\nFrom:ok.example OK\nFrom:bad.example REJCT\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[sender_rules]\naccess_file = {:?}\n",
+            access.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = mxsentry(&["check-config", "--config", p]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{}:3:", access.display())), "{err}");
+
+    // run refuses the same config before listening
+    let (code, _, err) = mxsentry(&["run", "--config", p]);
+    assert_eq!(code, 1);
+    assert!(err.contains(":3:"), "{err}");
+}
+
+#[test]
+fn access_import_lists_rules_and_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access");
+    std::fs::write(
+        &access,
+        "# sendmail access\nFrom:linkedin.com DISCARD\nConnect:192.0.2 REJECT\nemalsrv.example ERROR:\"550 Sender banned\"\nFrom:x.example FROBNICATE\n",
+    )
+    .unwrap();
+    let (code, out, _) = mxsentry(&["access", "import", access.to_str().unwrap()]);
+    assert_eq!(code, 1, "a line was not understood: {out}");
+    assert!(out.contains("line 2"), "{out}");
+    assert!(out.contains("From:linkedin.com DISCARD"), "{out}");
+    assert!(out.contains("line 5"), "{out}");
+    assert!(out.contains("FROBNICATE"), "{out}");
+}

@@ -1,0 +1,364 @@
+//! Test helpers: start the real `mxsentry` binary on loopback with a generated config, and a
+//! small blocking milter client that plays the MTA side as Postfix does.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mxsentry::protocol::command::{encode_command, ClientAddress, Command, MacroPairs, NulStrings};
+use mxsentry::protocol::frame::split_frame;
+use mxsentry::protocol::negotiate::flags;
+use mxsentry::protocol::reply::{decode_reply, Reply};
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub port: u16,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub log_path: PathBuf,
+    pub config_path: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    /// Starts the daemon with `access` as its access file and `extra` appended to the config.
+    pub fn start(access: &str, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let socket = dir.path().join("milter.sock");
+        let access_path = dir.path().join("access");
+        std::fs::write(&access_path, access).unwrap();
+        let config_path = dir.path().join("milter.toml");
+        let config = format!(
+            "[milter]\nlisten = [\"inet:{port}@127.0.0.1\", \"unix:{}\"]\nhostname = \"mx.example.org\"\n\
+             idle_timeout = \"20s\"\n{extra}\n[dns]\nnameservers = [\"127.0.0.1:5353\"]\n\
+             [greylist]\nenabled = false\npath = \"{}\"\n\
+             [sender_rules]\naccess_file = \"{}\"\n[metrics]\nlisten = \"off\"\n",
+            socket.display(),
+            dir.path().join("greylist.db").display(),
+            access_path.display()
+        );
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("mxsentry.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Process::new(env!("CARGO_BIN_EXE_mxsentry"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "mxsentry=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            port,
+            socket,
+            dir,
+            log_path,
+            config_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not listen: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (the daemon logs asynchronously).
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log never contained {needle:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Process::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// The MTA side of the milter protocol, honouring the flags the filter negotiated.
+pub struct Client {
+    stream: Box<dyn Stream>,
+    rbuf: BytesMut,
+    pub protocol: u32,
+    pub actions: u32,
+}
+
+impl Client {
+    pub fn tcp(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Client::over(Box::new(s))
+    }
+
+    pub fn unix(path: &Path) -> Client {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Client::over(Box::new(s))
+    }
+
+    fn over(stream: Box<dyn Stream>) -> Client {
+        Client {
+            stream,
+            rbuf: BytesMut::new(),
+            protocol: 0,
+            actions: 0,
+        }
+    }
+
+    pub fn send(&mut self, cmd: &Command) {
+        let mut buf = BytesMut::new();
+        encode_command(cmd, &mut buf);
+        self.stream.write_all(&buf).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads one reply; None when the filter closed the connection.
+    pub fn recv(&mut self) -> Option<Reply> {
+        loop {
+            if let Some(frame) = split_frame(&mut self.rbuf, 1 << 24).unwrap() {
+                return Some(decode_reply(frame).unwrap());
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// True when the peer closed the connection (EOF or reset) within the read timeout.
+    pub fn closed_by_peer(&mut self) -> bool {
+        let mut chunk = [0u8; 64];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    )
+                }
+            }
+        }
+    }
+
+    /// OPTNEG as Postfix 3.7 sends it: version 6, all actions, every protocol bit offered.
+    pub fn negotiate(&mut self) -> Reply {
+        self.send(&Command::OptNeg {
+            version: 6,
+            actions: 0x1ff,
+            protocol: 0x001f_ffff,
+        });
+        let reply = self.recv().expect("OPTNEG reply");
+        if let Reply::OptNeg {
+            protocol, actions, ..
+        } = &reply
+        {
+            self.protocol = *protocol;
+            self.actions = *actions;
+        }
+        reply
+    }
+
+    fn wants_reply(&self, nr_flag: u32) -> bool {
+        self.protocol & nr_flag == 0
+    }
+
+    /// Sends a command for a stage; returns the reply when the filter answers that stage.
+    pub fn stage(&mut self, cmd: Command, skip_flag: u32, nr_flag: u32) -> Option<Reply> {
+        if self.protocol & skip_flag != 0 {
+            return None;
+        }
+        self.send(&cmd);
+        if self.wants_reply(nr_flag) {
+            Some(self.recv().expect("stage reply"))
+        } else {
+            None
+        }
+    }
+
+    pub fn macros(&mut self, stage: u8, pairs: &[(&str, &str)]) {
+        let mut raw = Vec::new();
+        for (k, v) in pairs {
+            raw.extend_from_slice(k.as_bytes());
+            raw.push(0);
+            raw.extend_from_slice(v.as_bytes());
+            raw.push(0);
+        }
+        self.send(&Command::Macro {
+            stage,
+            pairs: MacroPairs::from_wire(Bytes::from(raw)).unwrap(),
+        });
+    }
+
+    pub fn connect(&mut self, hostname: &str, ip: &str) -> Option<Reply> {
+        let ip: IpAddr = ip.parse().unwrap();
+        self.macros(b'C', &[("j", "mx.example.org"), ("{daemon_name}", "test")]);
+        self.stage(
+            Command::Connect {
+                hostname: Bytes::copy_from_slice(hostname.as_bytes()),
+                address: ClientAddress::Inet { ip, port: 40000 },
+            },
+            flags::SMFIP_NOCONNECT,
+            flags::SMFIP_NR_CONN,
+        )
+    }
+
+    pub fn helo(&mut self, name: &str) -> Option<Reply> {
+        self.stage(
+            Command::Helo {
+                name: Bytes::copy_from_slice(name.as_bytes()),
+            },
+            flags::SMFIP_NOHELO,
+            flags::SMFIP_NR_HELO,
+        )
+    }
+
+    pub fn mail(&mut self, from: &str) -> Option<Reply> {
+        self.stage(
+            Command::Mail {
+                args: NulStrings::from_items(&[format!("<{from}>").as_bytes()]),
+            },
+            flags::SMFIP_NOMAIL,
+            flags::SMFIP_NR_MAIL,
+        )
+    }
+
+    pub fn rcpt(&mut self, to: &str) -> Option<Reply> {
+        self.stage(
+            Command::Rcpt {
+                args: NulStrings::from_items(&[format!("<{to}>").as_bytes()]),
+            },
+            flags::SMFIP_NORCPT,
+            flags::SMFIP_NR_RCPT,
+        )
+    }
+
+    /// DATA, one header, EOH, a body chunk (each only if not negotiated away), then EOM;
+    /// returns every reply to EOM (header changes, then the final verdict).
+    pub fn message(&mut self) -> Vec<Reply> {
+        self.stage(Command::Data, flags::SMFIP_NODATA, flags::SMFIP_NR_DATA);
+        self.stage(
+            Command::Header {
+                name: Bytes::from_static(b"Subject"),
+                value: Bytes::from_static(b"test"),
+            },
+            flags::SMFIP_NOHDRS,
+            flags::SMFIP_NR_HDR,
+        );
+        self.stage(
+            Command::EndOfHeaders,
+            flags::SMFIP_NOEOH,
+            flags::SMFIP_NR_EOH,
+        );
+        self.stage(
+            Command::Body {
+                chunk: Bytes::from_static(b"hello\r\n"),
+            },
+            flags::SMFIP_NOBODY,
+            flags::SMFIP_NR_BODY,
+        );
+        self.send(&Command::EndOfMessage {
+            chunk: Bytes::new(),
+        });
+        let mut replies = Vec::new();
+        loop {
+            let r = self.recv().expect("EOM reply");
+            let last = !matches!(
+                r,
+                Reply::AddHeader { .. }
+                    | Reply::InsertHeader { .. }
+                    | Reply::ChangeHeader { .. }
+                    | Reply::Progress
+            );
+            replies.push(r);
+            if last {
+                return replies;
+            }
+        }
+    }
+}
+
+/// The reply text of a REPLYCODE, for assertions.
+pub fn reply_text(r: &Reply) -> String {
+    match r {
+        Reply::ReplyCode { text } => String::from_utf8_lossy(text).into_owned(),
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,256 @@
+//! The daemon over real sockets: verdicts at RCPT, negotiation, connection reuse, abort,
+//! and bad input that must close one connection and never the daemon.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{reply_text, Client, Daemon};
+use mxsentry::protocol::command::Command;
+use mxsentry::protocol::negotiate::flags;
+use mxsentry::protocol::reply::Reply;
+
+const ACCESS: &str = "\
+From:reject.example REJECT
+From:discard.example DISCARD
+From:banned.example ERROR:\"550 Sender banned. Please use legitimate domain\"
+From:tempfail.example TEMPFAIL
+linkedin.com DISCARD
+Connect:192.0.2.66 REJECT
+";
+
+fn session(c: &mut Client, ip: &str, from: &str, rcpt: &str) -> Reply {
+    c.connect("client.example", ip);
+    c.helo("helo.example");
+    c.mail(from);
+    c.rcpt(rcpt).expect("RCPT is always answered")
+}
+
+#[test]
+fn negotiation_asks_only_for_what_is_needed() {
+    let d = Daemon::start(ACCESS, "");
+    let mut c = Client::tcp(d.port);
+    let Reply::OptNeg {
+        version, protocol, ..
+    } = c.negotiate()
+    else {
+        panic!("no OPTNEG reply")
+    };
+    assert_eq!(version, 6);
+    for bit in [
+        flags::SMFIP_NODATA,
+        flags::SMFIP_NOHDRS,
+        flags::SMFIP_NOEOH,
+        flags::SMFIP_NOBODY,
+        flags::SMFIP_NOUNKNOWN,
+        flags::SMFIP_NR_CONN,
+        flags::SMFIP_NR_HELO,
+        flags::SMFIP_NR_MAIL,
+    ] {
+        assert_ne!(protocol & bit, 0, "bit {bit:#x} not requested");
+    }
+    assert_eq!(protocol & flags::SMFIP_NR_RCPT, 0, "RCPT must be answered");
+}
+
+#[test]
+fn verdicts_at_rcpt_over_inet_and_unix() {
+    let d = Daemon::start(ACCESS, "");
+    for mut c in [Client::tcp(d.port), Client::unix(&d.socket)] {
+        c.negotiate();
+        let r = session(&mut c, "192.0.2.10", "a@reject.example", "u@example.org");
+        assert_eq!(reply_text(&r), "550 5.7.1 Access denied");
+        // the postmaster exemption holds for the same sender
+        assert_eq!(c.rcpt("postmaster@example.org"), Some(Reply::Continue));
+        c.send(&Command::Abort);
+
+        c.mail("x@banned.example");
+        let r = c.rcpt("u@example.org").unwrap();
+        assert_eq!(
+            reply_text(&r),
+            "550 Sender banned. Please use legitimate domain"
+        );
+        c.send(&Command::Abort);
+
+        c.mail("x@tempfail.example");
+        assert_eq!(
+            reply_text(&c.rcpt("u@example.org").unwrap()),
+            "451 4.7.1 Try again later"
+        );
+        c.send(&Command::Abort);
+
+        c.mail("news@news.linkedin.com");
+        assert_eq!(c.rcpt("u@example.org"), Some(Reply::Discard));
+        c.send(&Command::Abort);
+
+        c.mail("someone@good.example");
+        assert_eq!(c.rcpt("u@example.org"), Some(Reply::Continue));
+        assert_eq!(c.message().last(), Some(&Reply::Accept));
+        c.send(&Command::Quit);
+        assert!(c.closed_by_peer());
+    }
+    let log = d.wait_log("verdict=accept");
+    assert!(log.contains("verdict=reject"), "{log}");
+    assert!(log.contains("reply=\"550 5.7.1 Access denied\""), "{log}");
+    assert!(log.contains("client_ip=192.0.2.10"), "{log}");
+}
+
+#[test]
+fn trusted_clients_and_connect_rules() {
+    let d = Daemon::start(ACCESS, "[trusted]\nnetworks = [\"192.0.2.200/32\"]\n");
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    let r = session(&mut c, "192.0.2.200", "a@reject.example", "u@example.org");
+    assert_eq!(r, Reply::Accept, "trusted client bypasses rules");
+    c.send(&Command::QuitNewConnection);
+    // the same MTA connection is reused for the next SMTP session
+    let r = session(&mut c, "192.0.2.66", "a@fine.example", "u@example.org");
+    assert_eq!(reply_text(&r), "550 5.7.1 Access denied");
+    c.send(&Command::QuitNewConnection);
+    let r = session(&mut c, "192.0.2.10", "a@fine.example", "u@example.org");
+    assert_eq!(r, Reply::Continue);
+}
+
+#[test]
+fn abort_keeps_the_connection_state() {
+    let d = Daemon::start(ACCESS, "");
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    session(&mut c, "192.0.2.10", "a@fine.example", "u@example.org");
+    c.send(&Command::Abort);
+    c.mail("b@fine.example");
+    assert_eq!(c.rcpt("v@example.org"), Some(Reply::Continue));
+    c.message();
+    let log = d.wait_log("from=<b@fine.example>");
+    let line = log
+        .lines()
+        .find(|l| l.contains("from=<b@fine.example>"))
+        .unwrap();
+    assert!(
+        line.contains("helo=helo.example"),
+        "HELO kept after ABORT: {line}"
+    );
+    assert!(line.contains("client_ip=192.0.2.10"), "{line}");
+}
+
+#[test]
+fn dry_run_tags_instead_of_rejecting() {
+    let d = Daemon::start(ACCESS, "mode = \"dry-run\"\n");
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    let r = session(&mut c, "192.0.2.10", "a@reject.example", "u@example.org");
+    assert_eq!(r, Reply::Continue);
+    let replies = c.message();
+    let Some(Reply::AddHeader { name, value }) = replies.first() else {
+        panic!("no header added: {replies:?}")
+    };
+    assert_eq!(&name[..], b"X-Mxsentry");
+    let value = String::from_utf8_lossy(value);
+    assert!(value.starts_with("would-reject"), "{value}");
+    assert_eq!(replies.last(), Some(&Reply::Accept));
+}
+
+#[test]
+fn bad_input_closes_one_connection_not_the_daemon() {
+    let mut d = Daemon::start(ACCESS, "");
+    let good = |d: &Daemon| {
+        let mut c = Client::tcp(d.port);
+        c.negotiate();
+        let r = session(&mut c, "192.0.2.10", "a@reject.example", "u@example.org");
+        assert_eq!(reply_text(&r), "550 5.7.1 Access denied");
+    };
+
+    // unknown command
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    c.send_raw(&[0, 0, 0, 1, b'Z']).unwrap();
+    assert!(c.closed_by_peer());
+    d.wait_log("unknown command");
+    good(&d);
+
+    // a malformed CONNECT (bad address family)
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    c.send_raw(&[0, 0, 0, 5, b'C', b'h', 0, b'X', 0]).unwrap();
+    assert!(c.closed_by_peer());
+    good(&d);
+
+    // a frame longer than the limit
+    let mut c = Client::tcp(d.port);
+    c.send_raw(&[0x7f, 0xff, 0xff, 0xff, b'B']).unwrap();
+    assert!(c.closed_by_peer());
+    d.wait_log("exceeds limit");
+    good(&d);
+
+    // dropped mid-message and mid-frame
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    c.connect("client.example", "192.0.2.10");
+    c.mail("a@fine.example");
+    c.send_raw(&[0, 0, 0, 40, b'R', b'<']).unwrap();
+    drop(c);
+    good(&d);
+
+    // commands before negotiation
+    let mut c = Client::tcp(d.port);
+    c.send(&Command::Helo {
+        name: bytes::Bytes::from_static(b"early.example"),
+    });
+    assert!(c.closed_by_peer());
+    d.wait_log("before option negotiation");
+
+    // 1,000 garbage connections in a row
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..1000 {
+        let mut c = Client::tcp(d.port);
+        let mut junk = [0u8; 32];
+        for b in &mut junk {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        // every third connection just disconnects without a byte
+        if i % 3 != 0 {
+            let _ = c.send_raw(&junk);
+        }
+    }
+    good(&d);
+    assert!(d.is_running());
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let mut d = Daemon::start(ACCESS, "");
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    session(&mut c, "192.0.2.10", "a@fine.example", "u@example.org");
+    d.signal("TERM");
+    // the session in flight can still finish
+    c.message();
+    c.send(&Command::Quit);
+    let status = d.wait_exit(Duration::from_secs(30)).expect("daemon exited");
+    assert!(status.success());
+    assert!(!d.socket.exists(), "unix socket removed at exit");
+}
+
+#[test]
+fn sighup_reloads_rules_and_keeps_them_on_error() {
+    let d = Daemon::start(ACCESS, "");
+    let access = d.config_dir().join("access");
+    std::fs::write(&access, "From:fine.example REJECT\n").unwrap();
+    d.signal("HUP");
+    d.wait_log("configuration reloaded");
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    let r = session(&mut c, "192.0.2.10", "a@fine.example", "u@example.org");
+    assert_eq!(reply_text(&r), "550 5.7.1 Access denied");
+
+    std::fs::write(&access, "From:fine.example REJCT\n").unwrap();
+    d.signal("HUP");
+    let log = d.wait_log("reload failed");
+    assert!(log.contains("access:1:"), "file:line in the error: {log}");
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    let r = session(&mut c, "192.0.2.10", "a@fine.example", "u@example.org");
+    assert_eq!(reply_text(&r), "550 5.7.1 Access denied", "old rules kept");
+}
