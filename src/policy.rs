@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::checks::sender_rules::{AccessTable, Action, RegexRule, SenderRules, SmtpReply};
+pub use crate::checks::Finding;
 use crate::config::{Config, Mode, TrustedConfig};
 
 /// Reply for a plain `REJECT` rule, as sendmail admins know it.
@@ -59,23 +60,6 @@ impl Verdict {
             self,
             Verdict::Reject(_) | Verdict::Tempfail(_) | Verdict::Discard
         )
-    }
-}
-
-/// One observation of one check, with the evidence behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// Check name: `trusted`, `exemption`, `sender_rules`, ...
-    pub check: &'static str,
-    /// Short outcome word: `reject`, `discard`, `ok`, `network`, ...
-    pub outcome: String,
-    /// Evidence: the rule that matched, the network, ...
-    pub detail: String,
-}
-
-impl std::fmt::Display for Finding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}({})", self.check, self.outcome, self.detail)
     }
 }
 

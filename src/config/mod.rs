@@ -26,7 +26,7 @@ pub use de::MIN_MAX_FRAME;
 pub use duration::parse_duration;
 pub use listen::ListenSpec;
 pub use sections::{
-    Action, DnsConfig, DnsblConfig, DnsblZone, GreylistConfig, HeloConfig, LogConfig, LogFormat,
+    Action, DnsConfig, DnsblConfig, DnsblZone, GreetingConfig, GreylistConfig, HeloConfig, LogConfig, LogFormat,
     MetricsConfig, MilterConfig, Mode, RdnsConfig, RegexRule, SenderRulesConfig, StoreKind,
     TempFailureAction, TrustedConfig,
 };
@@ -70,6 +70,8 @@ pub struct Config {
     pub rdns: RdnsConfig,
     /// `[dnsbl]`: DNS block and allow lists.
     pub dnsbl: DnsblConfig,
+    /// `[greeting]`: delayed SMTP banner (greet_pause).
+    pub greeting: GreetingConfig,
     /// `[greylist]`: greylisting.
     pub greylist: GreylistConfig,
     /// `[sender_rules]`: access file and sender regexes.
@@ -118,6 +120,14 @@ impl Config {
             line,
             reason,
         };
+        if self.greeting.delay > std::time::Duration::from_secs(25) {
+            return Err(error(
+                key_line(text, "greeting", "delay"),
+                "greeting.delay must be at most 25s: the MTA gives up on the milter after its \
+                 command timeout (30s in Postfix) and applies milter_default_action"
+                    .into(),
+            ));
+        }
         let g = &self.greylist;
         if g.delay >= g.retry_window {
             return Err(error(

@@ -33,7 +33,8 @@ pub enum Action {
     Tempfail,
     /// `"greylist"`: greylist the message even if greylisting would otherwise skip it.
     Greylist,
-    /// `"delay"`: refuse later, at RCPT time (so exempt recipients still get through).
+    /// `"delay"`: hold the reply to CONNECT for `[greeting] delay` (sendmail's greet_pause):
+    /// the MTA sends its 220 banner late, and impatient spam engines talk first or leave.
     Delay,
     /// `"tag"`: accept and add the tag header.
     Tag,
@@ -302,6 +303,8 @@ pub struct DnsblConfig {
     pub threshold: u32,
     /// Action when the threshold is reached. Default: reject.
     pub action: Action,
+    /// Action for listings whose summed weight stays under the threshold. Default: log.
+    pub below_threshold: Action,
     /// IP block lists (`[[dnsbl.zones]]`), queried with the reversed client address.
     /// Default: none.
     pub zones: Vec<DnsblZone>,
@@ -318,6 +321,7 @@ impl Default for DnsblConfig {
         DnsblConfig {
             threshold: 1,
             action: Action::Reject,
+            below_threshold: Action::Log,
             zones: Vec::new(),
             domain_zones: Vec::new(),
             allow_zones: Vec::new(),
@@ -384,6 +388,29 @@ pub enum StoreKind {
     Embedded,
     /// `"redis"`: a Redis server at `greylist.redis_url`, shared between MX hosts.
     Redis,
+}
+
+/// `[greeting]`: hold the reply to CONNECT (so the MTA's 220 banner) for some clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GreetingConfig {
+    /// How long the banner is held, for `networks` and for findings whose action is
+    /// `"delay"`. Must stay below the MTA's milter command timeout (Postfix
+    /// `milter_command_timeout`, 30s by default; sendmail `T=S:`), so at most 25s. Default: 5s.
+    #[serde(deserialize_with = "de::one::<_, de::DurationP>")]
+    pub delay: Duration,
+    /// Client networks whose banner is always held. Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::NetworkP>")]
+    pub networks: Vec<IpNet>,
+}
+
+impl Default for GreetingConfig {
+    fn default() -> Self {
+        GreetingConfig {
+            delay: Duration::from_secs(5),
+            networks: Vec::new(),
+        }
+    }
 }
 
 /// `[greylist]`: greylisting of (client, sender, recipient) triplets.

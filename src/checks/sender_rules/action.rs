@@ -24,6 +24,19 @@ impl fmt::Display for SmtpReply {
 }
 
 impl SmtpReply {
+    /// The same reply as a permanent (5) or temporary (4) one: `550 5.7.1 x` ↔ `450 4.7.1 x`.
+    /// Used when an admin's action (reject or tempfail) and a reply text's class disagree:
+    /// the action wins, so a temporary DNS problem can never produce a 5xx.
+    pub fn with_class(&self, class: u16) -> SmtpReply {
+        debug_assert!(class == 4 || class == 5);
+        let mut reply = self.clone();
+        reply.code = class * 100 + self.code % 100;
+        if let Some(e) = &mut reply.enhanced {
+            e.replace_range(0..1, if class == 4 { "4" } else { "5" });
+        }
+        reply
+    }
+
     /// Parses `550 5.7.1 text` or `550 text`. The code must be a 4xx or 5xx error and the class
     /// digit of an enhanced status code must equal the code's first digit.
     pub fn parse(s: &str) -> Result<SmtpReply, String> {

@@ -1,0 +1,215 @@
+//! DNS work for one SMTP client: started when CONNECT arrives, awaited when the policy decides.
+//!
+//! The PTR/forward lookups, the IP block lists and the allow lists run as tasks while the MTA
+//! goes on with HELO and MAIL; the sender's domain lists start at MAIL. The policy awaits them
+//! only when steps 1–3 did not decide, so a message pays at most one DNS round trip, not one
+//! per check — and usually none, because the MTA's own round trips hide it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::checks::dnsbl::{self, ZoneKind, ZoneResult};
+use crate::checks::helo::{self, HeloResolve};
+use crate::checks::rdns::{self, DynamicPatterns, RdnsResult};
+use crate::config::{Config, DnsblConfig};
+use crate::dns::Dns;
+
+/// The configured DNS checks, shared by every session under one policy.
+pub struct DnsChecks {
+    pub dns: Arc<Dns>,
+    pub dynamic: DynamicPatterns,
+    pub dnsbl: DnsblConfig,
+    pub helo_resolves: bool,
+    /// Upper bound on waiting for all lookups of a client (PTR then forward, lists).
+    pub deadline: Duration,
+}
+
+impl DnsChecks {
+    pub fn from_config(config: &Config) -> Result<DnsChecks, String> {
+        Ok(DnsChecks {
+            dns: Arc::new(Dns::new(&config.dns)?),
+            dynamic: DynamicPatterns::new(&config.rdns.dynamic_patterns)?,
+            dnsbl: config.dnsbl.clone(),
+            helo_resolves: config.helo.check_resolves,
+            // PTR and forward lookups run one after the other; one more timeout of slack.
+            deadline: config.dns.timeout * 3,
+        })
+    }
+}
+
+/// A lookup task that is cancelled when the session no longer needs it.
+struct Pending<T> {
+    state: PendingState<T>,
+}
+
+enum PendingState<T> {
+    Running(JoinHandle<T>),
+    Done(T),
+    /// The task did not finish by the deadline (or panicked): the policy treats it as a
+    /// temporary failure.
+    Missing,
+}
+
+impl<T: Send + 'static> Pending<T> {
+    fn spawn<F>(fut: F) -> Pending<T>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        Pending {
+            state: PendingState::Running(tokio::spawn(fut)),
+        }
+    }
+
+    async fn wait(&mut self, until: tokio::time::Instant) -> Option<&T> {
+        if let PendingState::Running(handle) = &mut self.state {
+            self.state = match tokio::time::timeout_at(until, handle).await {
+                Ok(Ok(value)) => PendingState::Done(value),
+                Ok(Err(_)) | Err(_) => PendingState::Missing,
+            };
+        }
+        match &self.state {
+            PendingState::Done(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl<T> Drop for Pending<T> {
+    fn drop(&mut self) {
+        if let PendingState::Running(handle) = &self.state {
+            handle.abort();
+        }
+    }
+}
+
+/// What the lookups found, borrowed for the policy.
+#[derive(Default)]
+pub struct DnsResults<'a> {
+    /// None: the lookup did not finish in time (a temporary failure).
+    pub rdns: Option<&'a RdnsResult>,
+    pub ip_lists: &'a [ZoneResult],
+    pub allow_lists: &'a [ZoneResult],
+    pub domain_lists: &'a [ZoneResult],
+    pub helo_resolve: Option<&'a HeloResolve>,
+    /// Some lookups did not finish by the deadline.
+    pub incomplete: bool,
+}
+
+/// The lookups of one SMTP client.
+pub struct ClientLookups {
+    checks: Arc<DnsChecks>,
+    started: tokio::time::Instant,
+    rdns: Pending<RdnsResult>,
+    ip_lists: Pending<Vec<ZoneResult>>,
+    allow_lists: Pending<Vec<ZoneResult>>,
+    domain_lists: Option<(String, Pending<Vec<ZoneResult>>)>,
+    helo_resolve: Option<(String, Pending<HeloResolve>)>,
+}
+
+impl ClientLookups {
+    /// Starts the client's lookups (called at CONNECT).
+    pub fn start(checks: Arc<DnsChecks>, ip: IpAddr) -> ClientLookups {
+        let c = checks.clone();
+        let rdns = Pending::spawn(async move { rdns::lookup(&c.dns, ip, &c.dynamic).await });
+        let c = checks.clone();
+        let ip_lists = Pending::spawn(async move {
+            dnsbl::query_ip(&c.dns, ip, &c.dnsbl.zones, ZoneKind::Ip).await
+        });
+        let c = checks.clone();
+        let allow_lists = Pending::spawn(async move {
+            dnsbl::query_ip(&c.dns, ip, &c.dnsbl.allow_zones, ZoneKind::Allow).await
+        });
+        ClientLookups {
+            checks,
+            started: tokio::time::Instant::now(),
+            rdns,
+            ip_lists,
+            allow_lists,
+            domain_lists: None,
+            helo_resolve: None,
+        }
+    }
+
+    /// Starts the HELO name lookup when configured (called at HELO).
+    pub fn start_helo(&mut self, name: &str) {
+        if !self.checks.helo_resolves
+            || self.helo_resolve.as_ref().is_some_and(|(n, _)| n == name)
+        {
+            return;
+        }
+        let c = self.checks.clone();
+        let owned = name.to_string();
+        self.helo_resolve = Some((
+            owned.clone(),
+            Pending::spawn(async move { helo::resolves(&c.dns, &owned).await }),
+        ));
+    }
+
+    /// Starts the sender domain's lists (called at MAIL); the same domain is not asked twice.
+    pub fn start_sender(&mut self, sender: &str) {
+        if self.checks.dnsbl.domain_zones.is_empty() {
+            return;
+        }
+        let Some(domain) = sender_domain(sender) else {
+            self.domain_lists = None;
+            return;
+        };
+        if self.domain_lists.as_ref().is_some_and(|(d, _)| *d == domain) {
+            return;
+        }
+        let c = self.checks.clone();
+        let d = domain.clone();
+        self.domain_lists = Some((
+            domain,
+            Pending::spawn(async move { dnsbl::query_domain(&c.dns, &d, &c.dnsbl.domain_zones).await }),
+        ));
+    }
+
+    /// Awaits everything started so far, up to the deadline counted from CONNECT.
+    pub async fn results(&mut self) -> DnsResults<'_> {
+        let until = self.started + self.checks.deadline;
+        let mut incomplete = false;
+        // Await each (they run concurrently already; the order does not matter).
+        incomplete |= self.rdns.wait(until).await.is_none();
+        incomplete |= self.ip_lists.wait(until).await.is_none();
+        incomplete |= self.allow_lists.wait(until).await.is_none();
+        if let Some((_, p)) = &mut self.domain_lists {
+            incomplete |= p.wait(until).await.is_none();
+        }
+        if let Some((_, p)) = &mut self.helo_resolve {
+            incomplete |= p.wait(until).await.is_none();
+        }
+        DnsResults {
+            rdns: done(&self.rdns),
+            ip_lists: done(&self.ip_lists).map_or(&[], |v| v.as_slice()),
+            allow_lists: done(&self.allow_lists).map_or(&[], |v| v.as_slice()),
+            domain_lists: self
+                .domain_lists
+                .as_ref()
+                .and_then(|(_, p)| done(p))
+                .map_or(&[], |v| v.as_slice()),
+            helo_resolve: self.helo_resolve.as_ref().and_then(|(_, p)| done(p)),
+            incomplete,
+        }
+    }
+}
+
+fn done<T>(p: &Pending<T>) -> Option<&T> {
+    match &p.state {
+        PendingState::Done(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// The sender's domain for domain lists: lowercased; none for the null sender or a literal.
+pub fn sender_domain(sender: &str) -> Option<String> {
+    let (_, domain) = sender.rsplit_once('@')?;
+    let domain = domain.trim_end_matches('.');
+    if domain.is_empty() || domain.starts_with('[') {
+        return None;
+    }
+    Some(domain.to_ascii_lowercase())
+}
