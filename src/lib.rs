@@ -8,7 +8,12 @@
 pub mod checks;
 pub mod config;
 pub mod decision_log;
+pub mod dns;
+pub mod explain;
+pub mod lookups;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod testing;

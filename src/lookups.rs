@@ -135,8 +135,7 @@ impl ClientLookups {
 
     /// Starts the HELO name lookup when configured (called at HELO).
     pub fn start_helo(&mut self, name: &str) {
-        if !self.checks.helo_resolves
-            || self.helo_resolve.as_ref().is_some_and(|(n, _)| n == name)
+        if !self.checks.helo_resolves || self.helo_resolve.as_ref().is_some_and(|(n, _)| n == name)
         {
             return;
         }
@@ -157,14 +156,20 @@ impl ClientLookups {
             self.domain_lists = None;
             return;
         };
-        if self.domain_lists.as_ref().is_some_and(|(d, _)| *d == domain) {
+        if self
+            .domain_lists
+            .as_ref()
+            .is_some_and(|(d, _)| *d == domain)
+        {
             return;
         }
         let c = self.checks.clone();
         let d = domain.clone();
         self.domain_lists = Some((
             domain,
-            Pending::spawn(async move { dnsbl::query_domain(&c.dns, &d, &c.dnsbl.domain_zones).await }),
+            Pending::spawn(
+                async move { dnsbl::query_domain(&c.dns, &d, &c.dnsbl.domain_zones).await },
+            ),
         ));
     }
 

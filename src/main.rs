@@ -34,6 +34,33 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Run every check for real (DNS included) and print each finding and the verdict with
+    /// its SMTP reply: what would happen to this client, HELO, sender and recipients, and why.
+    Explain {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The client's IP address.
+        #[arg(long)]
+        client_ip: std::net::IpAddr,
+        /// The client's verified host name as the MTA would send it (default: `[ip]`).
+        #[arg(long)]
+        client_name: Option<String>,
+        /// The HELO/EHLO name.
+        #[arg(long, default_value = "")]
+        helo: String,
+        /// The envelope sender (empty for the null sender).
+        #[arg(long, default_value = "")]
+        from: String,
+        /// A recipient; repeat for several.
+        #[arg(long)]
+        rcpt: Vec<String>,
+        /// The client authenticated (SMTP AUTH).
+        #[arg(long)]
+        authenticated: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with sendmail access files.
     Access {
         #[command(subcommand)]
@@ -69,6 +96,32 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Explain {
+            config,
+            client_ip,
+            client_name,
+            helo,
+            from,
+            rcpt,
+            authenticated,
+            json,
+        } => {
+            let query = mxsentry::explain::Query {
+                client_ip,
+                client_name,
+                helo,
+                from: from
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string(),
+                rcpts: rcpt
+                    .iter()
+                    .map(|r| r.trim_start_matches('<').trim_end_matches('>').to_string())
+                    .collect(),
+                authenticated,
+            };
+            explain(config, query, json)
+        }
         Command::Access {
             command: AccessCommand::Import { file },
         } => match std::fs::read_to_string(&file) {
@@ -87,6 +140,35 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn explain(config_path: PathBuf, query: mxsentry::explain::Query, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let (_, policy) = match policy::load(&config_path) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let explanation = mxsentry::explain::explain(&policy, &query).await;
+        if json {
+            println!("{}", explanation.json(&query));
+        } else {
+            print!("{}", explanation.text(&query));
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn run(config_path: PathBuf) -> ExitCode {

@@ -4,7 +4,10 @@
 //! 1. trusted client (network or authenticated) → accept, no checks;
 //! 2. recipient exemptions (`postmaster@`, `abuse@`) → never rejected (RFC 5321);
 //! 3. sender rules (access file `Connect:`/`From:`/`To:`, then regex rules on the sender);
-//! 4. DNSWL, 5. HELO/PTR/DNSBL findings, 6. greylisting (added by later checks);
+//! 4. DNSWL: a listed client skips the IP block lists (and greylisting);
+//! 5. HELO, PTR/FCrDNS and DNSBL/RHSBL findings, each with its configured action — a temporary
+//!    DNS failure never gives a 5xx;
+//! 6. greylisting (selected by a `greylist` action; the store comes with the greylist issue);
 //! 7. otherwise continue.
 //!
 //! Checks return findings, never replies; only this module chooses a reply, so logs, dry-run tags
@@ -12,10 +15,14 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::checks::sender_rules::{AccessTable, Action, RegexRule, SenderRules, SmtpReply};
 pub use crate::checks::Finding;
-use crate::config::{Config, Mode, TrustedConfig};
+use crate::checks::{dnsbl, helo, rdns};
+use crate::config::{Action as FindingAction, Config, Mode, TempFailureAction, TrustedConfig};
+use crate::lookups::{ClientLookups, DnsChecks, DnsResults};
+use crate::protocol::negotiate::{flags, Needs, StageSet};
 
 /// Reply for a plain `REJECT` rule, as sendmail admins know it.
 pub const DEFAULT_REJECT_REPLY: &str = "550 5.7.1 Access denied";
@@ -71,6 +78,13 @@ pub struct Decision {
     /// In dry-run mode: the blocking verdict that enforce mode would have given.
     pub would: Option<Verdict>,
     pub findings: Vec<Finding>,
+    /// Values for the tag header (`tag` actions), e.g. `rdns=dynamic`.
+    pub tags: Vec<String>,
+    /// A finding asked for greylisting (step 6).
+    pub greylist: bool,
+    /// What decided, as `check=what` (`dnsbl=zen.example`, `sender_rules=access:3 ...`); empty
+    /// when nothing did. Used in dry-run tags.
+    pub cause: String,
 }
 
 /// Everything the policy needs to know about one recipient of one message.
@@ -90,11 +104,14 @@ pub struct Envelope<'a> {
 
 /// The loaded rules; rebuilt on reload and shared read-only by sessions.
 pub struct Policy {
+    config: Config,
     trusted: TrustedConfig,
     exempt_recipients: Vec<String>,
     dry_run: bool,
     tag_header: String,
     rules: SenderRules,
+    dns: Arc<DnsChecks>,
+    needs: Arc<Needs>,
 }
 
 impl Policy {
@@ -119,6 +136,9 @@ impl Policy {
             });
         }
         Ok(Policy {
+            config: config.clone(),
+            dns: Arc::new(DnsChecks::from_config(config)?),
+            needs: Arc::new(needs_for(config)),
             trusted: config.trusted.clone(),
             exempt_recipients: config
                 .milter
@@ -135,6 +155,67 @@ impl Policy {
     /// Number of access-file entries and regex rules loaded (for the startup/reload log line).
     pub fn rule_counts(&self) -> (usize, usize) {
         (self.rules.access.len(), self.rules.regex.len())
+    }
+
+    /// The configuration this policy was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// What to negotiate with the MTA under this policy.
+    pub fn needs(&self) -> Arc<Needs> {
+        self.needs.clone()
+    }
+
+    /// Starts the DNS lookups for a client (at CONNECT), unless it is trusted.
+    pub fn start_lookups(&self, ip: IpAddr) -> Option<ClientLookups> {
+        if self.trusted.is_trusted_ip(ip) {
+            return None;
+        }
+        Some(ClientLookups::start(self.dns.clone(), ip))
+    }
+
+    /// The banner delay for this client's network (`[greeting] networks`), if any.
+    pub fn greeting_delay_for(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        let g = &self.config.greeting;
+        g.networks
+            .iter()
+            .any(|n| n.contains(&ip))
+            .then_some(g.delay)
+    }
+
+    /// Whether any finding may hold the banner (action `delay`); then CONNECT is answered.
+    pub fn delay_by_findings(&self) -> bool {
+        let c = &self.config;
+        [
+            c.helo.action,
+            c.rdns.no_ptr,
+            c.rdns.forged,
+            c.rdns.dynamic,
+            c.dnsbl.action,
+            c.dnsbl.below_threshold,
+        ]
+        .contains(&FindingAction::Delay)
+    }
+
+    /// At CONNECT: do this client's DNS findings ask to hold the banner (action `delay`)?
+    pub async fn wants_banner_delay(&self, ip: IpAddr, lookups: &mut ClientLookups) -> bool {
+        let env = Envelope {
+            client_ip: Some(ip),
+            client_name: "",
+            helo: "",
+            sender: "",
+            recipient: "",
+            authenticated: false,
+        };
+        let results = lookups.results().await;
+        let mut outcome = Outcome::default();
+        self.dns_findings(&env, &results, &mut Vec::new(), &mut outcome);
+        outcome.delay
+    }
+
+    pub fn greeting_delay(&self) -> std::time::Duration {
+        self.config.greeting.delay
     }
 
     pub fn dry_run(&self) -> bool {
@@ -167,14 +248,19 @@ impl Policy {
         None
     }
 
-    /// Decides one recipient, in design.md's order. The first step that decides wins.
-    pub fn decide_recipient(&self, env: &Envelope<'_>) -> Decision {
+    /// Decides one recipient, in design.md's order. The first step that decides wins. DNS
+    /// results are awaited only when steps 1–3 did not decide.
+    pub async fn decide_recipient(
+        &self,
+        env: &Envelope<'_>,
+        lookups: Option<&mut ClientLookups>,
+    ) -> Decision {
         let mut findings = Vec::new();
 
         // 1. Trusted networks and authenticated clients bypass every check.
         if let Some(f) = self.trusted(env) {
             findings.push(f);
-            return self.finish(Verdict::Accept, findings);
+            return self.finish(Verdict::Accept, findings, String::new());
         }
 
         // 2. postmaster@ and abuse@ must always be reachable (RFC 5321 4.5.1).
@@ -184,7 +270,7 @@ impl Policy {
                 outcome: "recipient".into(),
                 detail: local.to_string(),
             });
-            return self.finish(Verdict::Continue, findings);
+            return self.finish(Verdict::Continue, findings, String::new());
         }
 
         // 3. Sender rules: client (Connect:), sender (From:, then regex), recipient (To:).
@@ -207,33 +293,194 @@ impl Policy {
             });
         if let Some(hit) = hit {
             let verdict = verdict_for_action(hit.action);
+            let cause = format!("sender_rules={}", hit.describe());
             findings.push(Finding {
                 check: "sender_rules",
                 outcome: action_word(hit.action).into(),
                 detail: hit.describe(),
             });
             if let Some(verdict) = verdict {
-                return self.finish(verdict, findings);
+                return self.finish(verdict, findings, cause);
             }
         }
 
-        // 7. Nothing decided.
-        self.finish(Verdict::Continue, findings)
+        // 4–5. DNS-based findings, each with its configured action.
+        let mut outcome = Outcome::default();
+        // No HELO at all (the MTA sent none before MAIL) is not a bogus HELO.
+        let helo_problem = if env.helo.is_empty() {
+            None
+        } else {
+            helo::check(env.helo, env.client_ip, &self.config.milter)
+        };
+        if let Some(helo) = helo_problem {
+            let reply = render_helo(&self.config.helo.reply, env.helo);
+            findings.push(Finding {
+                check: "helo",
+                outcome: helo.as_str().into(),
+                detail: env.helo.to_string(),
+            });
+            outcome.add(self.config.helo.action, reply, "helo", helo.as_str());
+        }
+        if let Some(lookups) = lookups {
+            let results = lookups.results().await;
+            self.dns_findings(env, &results, &mut findings, &mut outcome);
+        }
+
+        // 6–7. Greylisting is selected by findings; otherwise the strongest action wins.
+        let greylist = outcome.greylist;
+        let tags = std::mem::take(&mut outcome.tags);
+        let verdict = outcome.verdict();
+        let cause = outcome.cause();
+        let mut d = self.finish(verdict, findings, cause);
+        d.tags = tags;
+        d.greylist = greylist;
+        d
+    }
+
+    /// Step 4 and 5 for the DNS lookups: DNSWL, PTR/FCrDNS, HELO resolution, DNSBL/RHSBL.
+    fn dns_findings(
+        &self,
+        env: &Envelope<'_>,
+        r: &DnsResults<'_>,
+        findings: &mut Vec<Finding>,
+        outcome: &mut Outcome,
+    ) {
+        let ip = env.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        let cfg = &self.config;
+        let temp_reply = || parse_reply(&cfg.dns.tempfail_reply);
+
+        // 4. An allow-list hit vouches for the address: skip the IP block lists.
+        let allowed = dnsbl::allow_listed(r.allow_lists);
+        if let Some(z) = allowed {
+            findings.extend(z.findings());
+        }
+
+        // PTR / FCrDNS.
+        match r.rdns {
+            None => {
+                findings.push(Finding {
+                    check: "rdns",
+                    outcome: "temp".into(),
+                    detail: "reverse lookup did not finish in time".into(),
+                });
+                if cfg.dns.temp_failure == TempFailureAction::Tempfail {
+                    outcome.add(FindingAction::Tempfail, temp_reply(), "rdns", "temp");
+                }
+            }
+            Some(res) => {
+                findings.extend(res.findings());
+                let name = res.judged_name().unwrap_or("unknown");
+                let vars = |t: &str| t.replace("{client_ip}", &ip).replace("{client_name}", name);
+                match res.outcome {
+                    rdns::RdnsOutcome::Ok => {}
+                    rdns::RdnsOutcome::NoPtr => outcome.add(
+                        cfg.rdns.no_ptr,
+                        parse_reply(&vars(&cfg.rdns.no_ptr_reply)),
+                        "rdns",
+                        "no_ptr",
+                    ),
+                    rdns::RdnsOutcome::Forged => outcome.add(
+                        cfg.rdns.forged,
+                        parse_reply(&vars(&cfg.rdns.forged_reply)),
+                        "rdns",
+                        "forged",
+                    ),
+                    rdns::RdnsOutcome::Temp => {
+                        if cfg.dns.temp_failure == TempFailureAction::Tempfail {
+                            outcome.add(FindingAction::Tempfail, temp_reply(), "rdns", "temp");
+                        }
+                    }
+                }
+                if res.dynamic.is_some() {
+                    let reply = parse_reply(&vars(DYNAMIC_REPLY));
+                    outcome.add(cfg.rdns.dynamic, reply, "rdns", "dynamic");
+                }
+            }
+        }
+
+        // Optional: the HELO name must resolve (only asked when its syntax passed).
+        if let Some(res) = r.helo_resolve {
+            match res {
+                helo::HeloResolve::Resolves => {}
+                helo::HeloResolve::NxDomain => {
+                    findings.push(Finding {
+                        check: "helo",
+                        outcome: "unresolvable".into(),
+                        detail: format!("HELO {}: no A/AAAA record", env.helo),
+                    });
+                    let reply = render_helo(&cfg.helo.reply, env.helo);
+                    outcome.add(cfg.helo.action, reply, "helo", "unresolvable");
+                }
+                helo::HeloResolve::Temp(e) => {
+                    findings.push(Finding {
+                        check: "helo",
+                        outcome: "temp".into(),
+                        detail: format!("HELO {}: lookup failed: {e}", env.helo),
+                    });
+                    if cfg.dns.temp_failure == TempFailureAction::Tempfail {
+                        outcome.add(FindingAction::Tempfail, temp_reply(), "helo", "temp");
+                    }
+                }
+            }
+        }
+
+        // 5. Block lists: IP lists (unless allow-listed) and the sender's domain lists.
+        let ip_lists: &[dnsbl::ZoneResult] = if allowed.is_some() { &[] } else { r.ip_lists };
+        let mut score = 0i32;
+        let mut heaviest: Option<&dnsbl::ZoneResult> = None;
+        let mut unknown_weight = 0i32;
+        for z in ip_lists.iter().chain(r.domain_lists) {
+            findings.extend(z.findings());
+            if z.is_listed() {
+                score += z.weight;
+                if heaviest.is_none_or(|h| z.weight > h.weight) {
+                    heaviest = Some(z);
+                }
+            } else if z.outcome.is_temporary() {
+                unknown_weight += z.weight.max(0);
+            }
+        }
+        let threshold = cfg.dnsbl.threshold as i32;
+        if let Some(z) = heaviest {
+            let domain = crate::lookups::sender_domain(env.sender);
+            let reply = parse_reply(&z.reply(env.client_ip, domain.as_deref()));
+            let action = if score >= threshold {
+                cfg.dnsbl.action
+            } else {
+                cfg.dnsbl.below_threshold
+            };
+            outcome.add(action, reply, z.kind.check_name(), &z.zone);
+        }
+        // Lists that failed could have tipped the score: ask the client to come back rather
+        // than accept (never reject on a DNS error).
+        if score < threshold
+            && score + unknown_weight >= threshold
+            && cfg.dnsbl.action == FindingAction::Reject
+            && cfg.dns.temp_failure == TempFailureAction::Tempfail
+        {
+            outcome.add(FindingAction::Tempfail, temp_reply(), "dnsbl", "temp");
+        }
     }
 
     /// Applies the mode: in dry-run a blocking verdict becomes a note and the mail goes on.
-    fn finish(&self, verdict: Verdict, findings: Vec<Finding>) -> Decision {
+    fn finish(&self, verdict: Verdict, findings: Vec<Finding>, cause: String) -> Decision {
         if self.dry_run && verdict.is_blocking() {
             Decision {
                 verdict: Verdict::Continue,
                 would: Some(verdict),
                 findings,
+                tags: Vec::new(),
+                greylist: false,
+                cause,
             }
         } else {
             Decision {
                 verdict,
                 would: None,
                 findings,
+                tags: Vec::new(),
+                greylist: false,
+                cause,
             }
         }
     }
@@ -244,6 +491,118 @@ impl Policy {
             .iter()
             .any(|e| e.eq_ignore_ascii_case(local))
             .then_some(local)
+    }
+}
+
+/// Reply for a client whose rDNS name looks dynamic (when its action blocks).
+const DYNAMIC_REPLY: &str =
+    "550 5.7.1 Client host {client_name} [{client_ip}] looks like a dynamic address; use your provider's relay";
+
+/// The strongest action among the findings, and its reply.
+#[derive(Default)]
+struct Outcome {
+    /// (strength, action, reply) of the strongest blocking action so far.
+    blocking: Option<(u8, FindingAction, SmtpReply, String)>,
+    greylist: bool,
+    /// A finding asked to hold the banner (`delay`, acted on at CONNECT).
+    delay: bool,
+    tags: Vec<String>,
+}
+
+impl Outcome {
+    fn add(&mut self, action: FindingAction, reply: SmtpReply, check: &str, what: &str) {
+        let strength = match action {
+            FindingAction::Reject => 2,
+            FindingAction::Tempfail => 1,
+            FindingAction::Greylist => {
+                self.greylist = true;
+                return;
+            }
+            FindingAction::Tag => {
+                self.tags.push(format!("{check}={what}"));
+                return;
+            }
+            FindingAction::Delay => {
+                // Acted on at CONNECT: the session holds the banner.
+                self.delay = true;
+                return;
+            }
+            FindingAction::Log | FindingAction::Off => return,
+        };
+        if self.blocking.as_ref().is_none_or(|(s, ..)| strength > *s) {
+            self.blocking = Some((strength, action, reply, format!("{check}={what}")));
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        match &self.blocking {
+            Some((_, FindingAction::Reject, reply, _)) => Verdict::Reject(reply.with_class(5)),
+            Some((_, _, reply, _)) => Verdict::Tempfail(reply.with_class(4)),
+            None => Verdict::Continue,
+        }
+    }
+
+    fn cause(&self) -> String {
+        self.blocking
+            .as_ref()
+            .map(|(.., cause)| cause.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn parse_reply(text: &str) -> SmtpReply {
+    // Config validation checked the templates; a substituted value can still break one (a
+    // control character in a TXT record, say): fall back to a plain reply of the same class.
+    SmtpReply::parse(text).unwrap_or_else(|_| {
+        let temporary = text.starts_with('4');
+        default_reply(if temporary {
+            "451 4.7.1 Try again later"
+        } else {
+            "550 5.7.1 Access denied"
+        })
+    })
+}
+
+fn render_helo(template: &str, helo: &str) -> SmtpReply {
+    let safe: String = helo.chars().filter(|c| !c.is_control()).take(100).collect();
+    parse_reply(&template.replace("{helo}", &safe))
+}
+
+/// What mxsentry asks of the MTA under `config`: the stages it reads, the ones it answers
+/// (RCPT, where verdicts are given; CONNECT too when the banner may be held), the actions it
+/// may take and the macros it wants per stage.
+pub fn needs_for(config: &Config) -> Needs {
+    let holds_banner = !config.greeting.networks.is_empty()
+        || [
+            config.helo.action,
+            config.rdns.no_ptr,
+            config.rdns.forged,
+            config.rdns.dynamic,
+            config.dnsbl.action,
+            config.dnsbl.below_threshold,
+        ]
+        .contains(&FindingAction::Delay);
+    let mut reply_stages = StageSet::RCPT;
+    if holds_banner {
+        reply_stages |= StageSet::CONNECT;
+    }
+    Needs {
+        actions: flags::SMFIF_ADDHDRS,
+        stages: StageSet::CONNECT | StageSet::HELO | StageSet::MAIL | StageSet::RCPT,
+        reply_stages,
+        macros: vec![
+            (
+                flags::SMFIM_CONNECT,
+                "j _ {daemon_name} {if_addr} {client_addr} {client_name} {client_ptr} {client_resolve}"
+                    .into(),
+            ),
+            (
+                flags::SMFIM_ENVFROM,
+                "i {auth_type} {auth_authen} {mail_addr}".into(),
+            ),
+            (flags::SMFIM_ENVRCPT, "i {rcpt_addr}".into()),
+            (flags::SMFIM_EOM, "i".into()),
+        ],
     }
 }
 
@@ -308,6 +667,14 @@ mod tests {
         Policy::from_config(&config).unwrap()
     }
 
+    fn decide(p: &Policy, e: &Envelope<'_>) -> Decision {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(p.decide_recipient(e, None))
+    }
+
     fn env<'a>(ip: &str, sender: &'a str, rcpt: &'a str) -> Envelope<'a> {
         Envelope {
             client_ip: Some(ip.parse().unwrap()),
@@ -327,37 +694,39 @@ mod tests {
     #[test]
     fn decision_order() {
         let p = policy_with(ACCESS, "");
-        let d = p.decide_recipient(&env("192.0.2.10", "a@reject.example", "u@example.org"));
+        let d = decide(&p, &env("192.0.2.10", "a@reject.example", "u@example.org"));
         assert_eq!(d.verdict.name(), "reject");
         assert_eq!(
             d.verdict.reply().unwrap().to_string(),
             "550 5.7.1 Access denied"
         );
         // postmaster exemption beats the sender rule
-        let d = p.decide_recipient(&env(
-            "192.0.2.10",
-            "a@reject.example",
-            "Postmaster@example.org",
-        ));
+        let d = decide(
+            &p,
+            &env("192.0.2.10", "a@reject.example", "Postmaster@example.org"),
+        );
         assert_eq!(d.verdict, Verdict::Continue);
         assert_eq!(d.findings[0].check, "exemption");
         // trusted network beats everything
-        let d = p.decide_recipient(&env("127.0.0.1", "a@reject.example", "u@example.org"));
+        let d = decide(&p, &env("127.0.0.1", "a@reject.example", "u@example.org"));
         assert_eq!(d.verdict, Verdict::Accept);
-        let d = p.decide_recipient(&env("192.0.2.10", "a@discard.example", "u@example.org"));
+        let d = decide(&p, &env("192.0.2.10", "a@discard.example", "u@example.org"));
         assert_eq!(d.verdict, Verdict::Discard);
-        let d = p.decide_recipient(&env("192.0.2.10", "x@banned.example", "u@example.org"));
+        let d = decide(&p, &env("192.0.2.10", "x@banned.example", "u@example.org"));
         assert_eq!(
             d.verdict.reply().unwrap().to_string(),
             "550 Sender banned. Please use legitimate domain"
         );
-        let d = p.decide_recipient(&env("192.0.2.10", "x@later.example", "u@example.org"));
+        let d = decide(&p, &env("192.0.2.10", "x@later.example", "u@example.org"));
         assert_eq!(d.verdict.name(), "tempfail");
-        let d = p.decide_recipient(&env("192.0.2.66", "x@friend.example", "u@example.org"));
+        let d = decide(&p, &env("192.0.2.66", "x@friend.example", "u@example.org"));
         assert_eq!(d.verdict.name(), "reject", "Connect: is looked up first");
-        let d = p.decide_recipient(&env("192.0.2.10", "x@ok.example", "blocked@example.org"));
+        let d = decide(
+            &p,
+            &env("192.0.2.10", "x@ok.example", "blocked@example.org"),
+        );
         assert_eq!(d.verdict.name(), "reject");
-        let d = p.decide_recipient(&env("192.0.2.10", "x@ok.example", "u@example.org"));
+        let d = decide(&p, &env("192.0.2.10", "x@ok.example", "u@example.org"));
         assert_eq!(d.verdict, Verdict::Continue);
         assert!(d.findings.is_empty());
     }
@@ -367,9 +736,9 @@ mod tests {
         let p = policy_with(ACCESS, "");
         let mut e = env("192.0.2.10", "a@reject.example", "u@example.org");
         e.authenticated = true;
-        assert_eq!(p.decide_recipient(&e).verdict, Verdict::Accept);
+        assert_eq!(decide(&p, &e).verdict, Verdict::Accept);
         let p = policy_with(ACCESS, "[trusted]\nauthenticated = false\n");
-        assert_eq!(p.decide_recipient(&e).verdict.name(), "reject");
+        assert_eq!(decide(&p, &e).verdict.name(), "reject");
     }
 
     #[test]
@@ -378,11 +747,10 @@ mod tests {
             "",
             "[[sender_rules.regex]]\npattern = '^[^@]+@(emalsrv|complains)\\.'\naction = 'ERROR:\"550 5.7.1 Sender banned\"'\n",
         );
-        let d = p.decide_recipient(&env(
-            "192.0.2.10",
-            "bounce@emalsrv.example.com",
-            "u@example.org",
-        ));
+        let d = decide(
+            &p,
+            &env("192.0.2.10", "bounce@emalsrv.example.com", "u@example.org"),
+        );
         assert_eq!(
             d.verdict.reply().unwrap().to_string(),
             "550 5.7.1 Sender banned"
@@ -392,7 +760,7 @@ mod tests {
     #[test]
     fn dry_run_never_blocks_but_remembers() {
         let p = policy_with(ACCESS, "[milter]\nmode = \"dry-run\"\n");
-        let d = p.decide_recipient(&env("192.0.2.10", "a@reject.example", "u@example.org"));
+        let d = decide(&p, &env("192.0.2.10", "a@reject.example", "u@example.org"));
         assert_eq!(d.verdict, Verdict::Continue);
         assert_eq!(d.would.unwrap().name(), "reject");
     }

@@ -11,10 +11,11 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::decision_log::{self, DecisionLine};
+use crate::lookups::ClientLookups;
 use crate::policy::{Decision, Envelope, Policy, Verdict};
 use crate::protocol::command::{ClientAddress, Command, MacroPairs};
 use crate::protocol::flags;
-use crate::protocol::negotiate::{negotiate, Needs, Negotiated, StageSet};
+use crate::protocol::negotiate::{negotiate, Negotiated};
 use crate::protocol::reply::{encode_reply, Reply};
 
 /// Source of the current policy; sessions take a snapshot at each CONNECT so a reload never
@@ -119,8 +120,8 @@ struct Message {
 pub struct Session {
     policies: Arc<dyn PolicySource>,
     policy: Arc<Policy>,
-    needs: Arc<Needs>,
     negotiated: Option<Negotiated>,
+    lookups: Option<ClientLookups>,
     macros: Macros,
     client_name: String,
     client_ip: Option<IpAddr>,
@@ -130,13 +131,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(policies: Arc<dyn PolicySource>, needs: Arc<Needs>) -> Session {
+    pub fn new(policies: Arc<dyn PolicySource>) -> Session {
         let policy = policies.current();
         Session {
             policies,
             policy,
-            needs,
             negotiated: None,
+            lookups: None,
             macros: Macros::default(),
             client_name: String::new(),
             client_ip: None,
@@ -158,9 +159,10 @@ impl Session {
                 if self.negotiated.is_some() {
                     return Err(SessionError::Renegotiation);
                 }
-                let n = negotiate(version, actions, protocol, &self.needs)
+                let needs = self.policy.needs();
+                let n = negotiate(version, actions, protocol, &needs)
                     .map_err(|e| SessionError::Negotiation(e.to_string()))?;
-                encode_reply(&n.reply(&self.needs.macros), out);
+                encode_reply(&n.reply(&needs.macros), out);
                 self.negotiated = Some(n);
                 return Ok(Flow::Continue);
             }
@@ -186,20 +188,36 @@ impl Session {
                     ClientAddress::Inet { ip, .. } => Some(ip),
                     _ => None,
                 };
+                // DNS starts now and runs while the MTA goes on with HELO and MAIL.
+                self.lookups = self.client_ip.and_then(|ip| self.policy.start_lookups(ip));
+                if self
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.expects_reply(code))
+                {
+                    self.hold_banner().await;
+                }
                 Reply::Continue
             }
             Command::Helo { name } => {
                 self.helo = lossy(&name);
+                if let Some(l) = &mut self.lookups {
+                    l.start_helo(&self.helo);
+                }
                 Reply::Continue
             }
             Command::Mail { args } => {
                 self.reset_message_keep_macros();
-                self.message.sender = Some(args.first().map(bare_address).unwrap_or_default());
+                let sender = args.first().map(bare_address).unwrap_or_default();
+                if let Some(l) = &mut self.lookups {
+                    l.start_sender(&sender);
+                }
+                self.message.sender = Some(sender);
                 Reply::Continue
             }
             Command::Rcpt { args } => {
                 let rcpt = args.first().map(bare_address).unwrap_or_default();
-                self.decide_recipient(rcpt)
+                self.decide_recipient(rcpt).await
             }
             Command::EndOfMessage { .. } => self.end_of_message(out),
             Command::Data
@@ -220,7 +238,32 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    fn decide_recipient(&mut self, rcpt: String) -> Reply {
+    /// Holds the reply to CONNECT (so the MTA's banner) for configured networks, and for
+    /// clients whose findings say `delay` — waiting at most the delay for those findings.
+    async fn hold_banner(&mut self) {
+        let Some(ip) = self.client_ip else { return };
+        if let Some(delay) = self.policy.greeting_delay_for(ip) {
+            tokio::time::sleep(delay).await;
+            return;
+        }
+        if !self.policy.delay_by_findings() {
+            return;
+        }
+        let delay = self.policy.greeting_delay();
+        let until = tokio::time::Instant::now() + delay;
+        let Some(lookups) = &mut self.lookups else {
+            return;
+        };
+        let wants_delay =
+            tokio::time::timeout_at(until, self.policy.wants_banner_delay(ip, lookups))
+                .await
+                .unwrap_or(false);
+        if wants_delay {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    async fn decide_recipient(&mut self, rcpt: String) -> Reply {
         if let Some(whole) = &self.message.whole_message {
             // Trusted client or OK rule: the message is already decided.
             let reply = verdict_reply(whole);
@@ -240,26 +283,33 @@ impl Session {
             recipient: &rcpt,
             authenticated,
         };
-        let decision = self.policy.decide_recipient(&env);
+        let decision = self
+            .policy
+            .decide_recipient(&env, self.lookups.as_mut())
+            .await;
         self.record(&decision, rcpt)
     }
 
     /// Logs a refusal now (the recipient never becomes part of a message); remembers an
     /// acceptance for the end-of-message log line.
     fn record(&mut self, decision: &Decision, rcpt: String) -> Reply {
-        for f in &decision.findings {
-            self.message.findings.push(f.to_string());
+        // The log line keeps what is notable; `explain` shows every finding.
+        for f in decision.findings.iter().filter(|f| f.is_notable()) {
+            let f = f.to_string();
+            if !self.message.findings.contains(&f) {
+                self.message.findings.push(f);
+            }
+        }
+        for t in &decision.tags {
+            if !self.message.tags.contains(t) {
+                self.message.tags.push(t.clone());
+            }
         }
         if let Some(would) = &decision.would {
-            let detail = decision
-                .findings
-                .iter()
-                .map(|f| format!("{}={}", f.check, f.detail))
-                .collect::<Vec<_>>()
-                .join(" ");
-            self.message
-                .tags
-                .push(format!("would-{} {detail}", would.name()));
+            let tag = format!("would-{} {}", would.name(), decision.cause);
+            if !self.message.tags.contains(&tag) {
+                self.message.tags.push(tag);
+            }
         }
         match &decision.verdict {
             Verdict::Accept => self.message.whole_message = Some(Verdict::Accept),
@@ -277,6 +327,7 @@ impl Session {
                 &decision
                     .findings
                     .iter()
+                    .filter(|f| f.is_notable())
                     .map(|f| f.to_string())
                     .collect::<Vec<_>>()
                     .join(","),
@@ -343,6 +394,7 @@ impl Session {
 
     fn reset_connection_keep_macros(&mut self) {
         self.message = Message::default();
+        self.lookups = None;
         self.client_name.clear();
         self.client_ip = None;
         self.helo.clear();
@@ -379,24 +431,5 @@ fn command_name(code: u8) -> &'static str {
         b'E' => "EOM",
         b'U' => "UNKNOWN",
         _ => "command",
-    }
-}
-
-/// What mxsentry asks of the MTA: the stages it reads, the one it answers (RCPT, where verdicts
-/// are given), the actions it may take and the macros it wants per stage.
-pub fn default_needs() -> Needs {
-    Needs {
-        actions: flags::SMFIF_ADDHDRS,
-        stages: StageSet::CONNECT | StageSet::HELO | StageSet::MAIL | StageSet::RCPT,
-        reply_stages: StageSet::RCPT,
-        macros: vec![
-            (
-                flags::SMFIM_CONNECT,
-                "j _ {daemon_name} {if_addr} {client_addr} {client_name} {client_ptr} {client_resolve}".into(),
-            ),
-            (flags::SMFIM_ENVFROM, "i {auth_type} {auth_authen} {mail_addr}".into()),
-            (flags::SMFIM_ENVRCPT, "i {rcpt_addr}".into()),
-            (flags::SMFIM_EOM, "i".into()),
-        ],
     }
 }

@@ -1,6 +1,9 @@
 //! The checks. Each takes what the MTA told us and returns findings; none of them picks an SMTP
 //! reply (that is `policy`'s job).
 
+pub mod dnsbl;
+pub mod helo;
+pub mod rdns;
 pub mod sender_rules;
 
 /// One observation of one check, with the evidence behind it.
@@ -14,9 +17,16 @@ pub struct Finding {
     pub detail: String,
 }
 
+impl Finding {
+    /// False for the "all is well" outcomes (`ok`, `not_listed`, `resolves`) that `explain`
+    /// shows but a log line need not repeat for every message.
+    pub fn is_notable(&self) -> bool {
+        !matches!(self.outcome.as_str(), "ok" | "not_listed" | "resolves")
+    }
+}
+
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}({})", self.check, self.outcome, self.detail)
     }
 }
-

@@ -26,9 +26,9 @@ pub use de::MIN_MAX_FRAME;
 pub use duration::parse_duration;
 pub use listen::ListenSpec;
 pub use sections::{
-    Action, DnsConfig, DnsblConfig, DnsblZone, GreetingConfig, GreylistConfig, HeloConfig, LogConfig, LogFormat,
-    MetricsConfig, MilterConfig, Mode, RdnsConfig, RegexRule, SenderRulesConfig, StoreKind,
-    TempFailureAction, TrustedConfig,
+    Action, DnsConfig, DnsblConfig, DnsblZone, GreetingConfig, GreylistConfig, HeloConfig,
+    LogConfig, LogFormat, MetricsConfig, MilterConfig, Mode, RdnsConfig, RegexRule,
+    SenderRulesConfig, StoreKind, TempFailureAction, TrustedConfig,
 };
 pub use values::{is_listing_answer, ReturnCode};
 

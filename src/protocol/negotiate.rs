@@ -267,7 +267,7 @@ impl Negotiated {
         STAGES
             .iter()
             .find(|s| s.1 == command_code)
-            .map_or(true, |&(_, _, no_bit, _)| self.protocol & no_bit == 0)
+            .is_none_or(|&(_, _, no_bit, _)| self.protocol & no_bit == 0)
     }
 
     /// `needs.actions` that the MTA did not grant (e.g. to warn once at startup).

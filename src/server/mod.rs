@@ -16,8 +16,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
 use crate::policy::{self, Policy};
-use crate::protocol::negotiate::Needs;
-use crate::session::{self, PolicySource, Session};
+use crate::session::{PolicySource, Session};
 use connection::Limits;
 use listener::Listener;
 
@@ -55,7 +54,6 @@ pub struct Server {
     config_path: PathBuf,
     config: Config,
     policy: Arc<SharedPolicy>,
-    needs: Arc<Needs>,
 }
 
 impl Server {
@@ -64,7 +62,6 @@ impl Server {
             config_path,
             config,
             policy: Arc::new(SharedPolicy::new(policy)),
-            needs: Arc::new(session::default_needs()),
         }
     }
 
@@ -107,7 +104,6 @@ impl Server {
                 l,
                 slots.clone(),
                 self.policy.clone() as Arc<dyn PolicySource>,
-                self.needs.clone(),
                 limits,
                 stop_rx.clone(),
             )));
@@ -178,7 +174,6 @@ async fn accept_loop(
     listener: Listener,
     slots: Arc<Semaphore>,
     policies: Arc<dyn PolicySource>,
-    needs: Arc<Needs>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -195,7 +190,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
-                let session = Session::new(policies.clone(), needs.clone());
+                let session = Session::new(policies.clone());
                 tokio::spawn(async move {
                     let end = match stream {
                         Stream::Tcp(s) => {

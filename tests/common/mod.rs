@@ -15,8 +15,17 @@ use mxsentry::protocol::frame::split_frame;
 use mxsentry::protocol::negotiate::flags;
 use mxsentry::protocol::reply::{decode_reply, Reply};
 
+/// Records of the loopback DNS server every test daemon uses (no test queries real DNS).
+pub const TEST_ZONE: &str = "\
+10.2.0.192.in-addr.arpa PTR client.example
+client.example A 192.0.2.10
+66.2.0.192.in-addr.arpa PTR client66.example
+client66.example A 192.0.2.66
+";
+
 /// A running daemon; killed on drop.
 pub struct Daemon {
+    pub dns: mxsentry::testing::dns_server::TestDnsServer,
     child: Child,
     pub port: u16,
     pub socket: PathBuf,
@@ -36,6 +45,12 @@ pub fn free_port() -> u16 {
 impl Daemon {
     /// Starts the daemon with `access` as its access file and `extra` appended to the config.
     pub fn start(access: &str, extra: &str) -> Daemon {
+        Daemon::start_with_zone(access, extra, TEST_ZONE)
+    }
+
+    /// Starts the daemon with its own loopback DNS server serving `zone`.
+    pub fn start_with_zone(access: &str, extra: &str, zone: &str) -> Daemon {
+        let dns = mxsentry::testing::dns_server::TestDnsServer::start_in_thread(zone).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let socket = dir.path().join("milter.sock");
@@ -44,10 +59,11 @@ impl Daemon {
         let config_path = dir.path().join("milter.toml");
         let config = format!(
             "[milter]\nlisten = [\"inet:{port}@127.0.0.1\", \"unix:{}\"]\nhostname = \"mx.example.org\"\n\
-             idle_timeout = \"20s\"\n{extra}\n[dns]\nnameservers = [\"127.0.0.1:5353\"]\n\
+             idle_timeout = \"20s\"\n{extra}\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n\
              [greylist]\nenabled = false\npath = \"{}\"\n\
              [sender_rules]\naccess_file = \"{}\"\n[metrics]\nlisten = \"off\"\n",
             socket.display(),
+            dns.addr,
             dir.path().join("greylist.db").display(),
             access_path.display()
         );
@@ -64,6 +80,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         let d = Daemon {
+            dns,
             child,
             port,
             socket,

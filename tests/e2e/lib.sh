@@ -76,7 +76,8 @@ mxlog_count() {
 }
 _mxlog_has() { [ "$(mxlog_count "$@")" -ge 1 ]; }
 # wait_mxlog FIXED... : a log line with all these strings shows up (bounded)
-wait_mxlog() { wait_for "$E2E_WAIT" _mxlog_has "$@"; }
+# (the line is written before or as the reply goes out, so a short bound suffices)
+wait_mxlog() { wait_for "${E2E_LOG_WAIT:-15}" _mxlog_has "$@"; }
 # mxlog_show FIXED... : print the matching lines (for diagnostics)
 mxlog_show() {
   local out; out="$(mxlog)"

@@ -59,7 +59,9 @@ for tr in inet unix; do
   log_has "$tr Connect: rule" "verdict=reject" "client_ip=192.0.2.66" "from=<$t-user@sender.good.test>"
   log_has "$tr To: rule" "verdict=reject" "from=<$t-tocheck@sender.good.test>" "rcpt=<blocked@example.org>"
   log_has "$tr trusted client" "verdict=accept" "client_ip=192.0.2.200" "from=<$t-trusted@reject.example>"
-  log_has "$tr postmaster exemption" "verdict=accept" "from=<$t-pm@reject.example>" "rcpt=<postmaster@example.org>"
+  log_has "$tr postmaster exemption" "verdict=accept" "from=<$t-pm@reject.example>" "rcpt=<postmaster@example.org"
+  log_has "$tr From: OK" "verdict=accept" "from=<$t-pal@friend.example>"
+  log_has "$tr authenticated sender" "verdict=accept" "from=<$t-auth@reject.example>"
   log_has "$tr IPv6 client" "verdict=accept" "client_ip=2001:db8::10" "from=<$t-v6@sender.good.test>"
 
   run_tool "raw-$tr" "$SYS_PY" "$E2E_DIR/milter_raw.py" --sock "$sock" --tag "raw$tr"

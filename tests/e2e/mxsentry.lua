@@ -1,9 +1,11 @@
 -- miltertest script: drives a running mxsentry directly over the milter protocol (as an MTA would)
 -- and checks its replies at every stage. Proves: option negotiation (no-reply flags for CONNECT,
 -- HELO and MAIL, skipped DATA/headers/EOH/body), the verdict of every access-file rule at RCPT
--- (REPLYCODE / DISCARD / CONTINUE), ACCEPT at EOM, the trusted-network, authenticated and
--- postmaster/abuse exemptions, an MTA that offers no protocol options (every stage answered), IPv6
--- client info, several messages on one connection, and ABORT mid-message keeping the client.
+-- (REPLYCODE / DISCARD / CONTINUE), ACCEPT at EOM, the trusted-network, authenticated, From: OK
+-- and postmaster/abuse exemptions (whole-message accepts may come as ACCEPT at RCPT, see
+-- expect_accepted), an MTA that offers no protocol options (every stage answered), IPv6 client
+-- info, several messages on one connection (after EOM, after ABORT, after an ACCEPT at RCPT), and
+-- ABORT mid-message keeping the client.
 --
 -- Run (tests/e2e/miltertest.sh does, once per socket type):
 --   miltertest -D sock=inet:8891@127.0.0.1 -D tag=inet -s tests/e2e/mxsentry.lua
@@ -99,6 +101,25 @@ local function eom(conn, what, want)
   expect(conn, what, want or SMFIR_ACCEPT)
 end
 
+-- A message accepted as a whole at RCPT (trusted client, authenticated sender, From:... OK) may be
+-- answered either way, both are correct milter semantics: SMFIR_CONTINUE (then ACCEPT at EOM), or
+-- SMFIR_ACCEPT = "accept this message, no further callbacks for it" -- after which Postfix and
+-- sendmail send neither the rest of the message nor EOM nor ABORT: the next thing is a new MAIL.
+-- Returns "ACCEPT" or "CONTINUE" (after checking EOM -> ACCEPT).
+local ACCEPTED = "accepted"
+local function expect_accepted(conn, what)
+  local got = mt.getreply(conn)
+  if got == SMFIR_ACCEPT then
+    ok(what .. " -> ACCEPT (whole message)")
+    return "ACCEPT"
+  elseif got == SMFIR_CONTINUE then
+    ok(what .. " -> CONTINUE")
+    eom(conn, what .. ": EOM -> ACCEPT")
+    return "CONTINUE"
+  end
+  error(string.format("%s: got %s, want ACCEPT or CONTINUE", what, rname(got)), 0)
+end
+
 local GOOD_HOST, GOOD_IP = "good.fcrdns.test", "192.0.2.10"
 local function who(local_part, domain) return tag .. "-" .. local_part .. "@" .. domain end
 
@@ -119,8 +140,12 @@ local function verdict_case(name, from, to, want, host, ip)
     try(mt.helo(c, "helo.good.test"), "helo")
     mail(c, from)
     rcpt(c, to)
-    expect(c, name .. ": RCPT -> " .. rname(want), want)
-    if want == SMFIR_CONTINUE then eom(c, name .. ": EOM -> ACCEPT") end
+    if want == ACCEPTED then
+      expect_accepted(c, name .. ": RCPT")
+    else
+      expect(c, name .. ": RCPT -> " .. rname(want), want)
+      if want == SMFIR_CONTINUE then eom(c, name .. ": EOM -> ACCEPT") end
+    end
   end)
 end
 
@@ -160,11 +185,11 @@ verdict_case("From:dsn.example ERROR:5.7.1:\"550 ...\"", who("dsn", "dsn.example
 verdict_case("From:tempfail.example TEMPFAIL", who("tempfail", "tempfail.example"), "rcpt@example.org", SMFIR_REPLYCODE)
 verdict_case("regex rule (emalsrv)", who("bounce", "emalsrv.example.com"), "rcpt@example.org", SMFIR_REPLYCODE)
 verdict_case("parent domain linkedin.com DISCARD", who("news", "news.linkedin.com"), "rcpt@example.org", SMFIR_DISCARD)
-verdict_case("From:friend.example OK", who("pal", "friend.example"), "rcpt@example.org", SMFIR_CONTINUE)
+verdict_case("From:friend.example OK", who("pal", "friend.example"), "rcpt@example.org", ACCEPTED)
 verdict_case("Connect:192.0.2.66 REJECT (at RCPT)", who("user", "sender.good.test"), "rcpt@example.org",
              SMFIR_REPLYCODE, "[192.0.2.66]", "192.0.2.66")
 verdict_case("trusted client 192.0.2.200, REJECT sender", who("trusted", "reject.example"), "rcpt@example.org",
-             SMFIR_CONTINUE, "[192.0.2.200]", "192.0.2.200")
+             ACCEPTED, "[192.0.2.200]", "192.0.2.200")
 verdict_case("IPv6 client 2001:db8::10", who("v6", "sender.good.test"), "rcpt@example.org",
              SMFIR_CONTINUE, GOOD_HOST, "2001:db8::10")
 
@@ -195,8 +220,18 @@ case("authenticated sender ({auth_authen}) bypasses rules", function(open_)
   try(mt.helo(c, "helo.good.test"), "helo")
   mail(c, who("auth", "reject.example"), "{auth_type}", "PLAIN", "{auth_authen}", "alice")
   rcpt(c, "rcpt@example.org")
-  expect(c, "auth: REJECT sender with {auth_authen} -> CONTINUE", SMFIR_CONTINUE)
-  eom(c, "auth: EOM -> ACCEPT")
+  expect_accepted(c, "auth: REJECT sender with {auth_authen}: RCPT")
+end)
+
+case("next MAIL right after a message accepted at RCPT starts clean", function(open_)
+  local c = open_(GOOD_HOST, GOOD_IP)
+  try(mt.helo(c, "helo.good.test"), "helo")
+  mail(c, who("pal2", "friend.example")); rcpt(c, "rcpt@example.org")
+  local how = expect_accepted(c, "after-accept: msg 1 (From: OK) RCPT")
+  -- no EOM / ABORT when it was ACCEPT, exactly like an MTA
+  mail(c, who("after-ok", "reject.example")); rcpt(c, "rcpt@example.org")
+  expect(c, "after-accept (" .. how .. "): msg 2 (REJECT sender) RCPT -> REPLYCODE (OK did not stick)",
+         SMFIR_REPLYCODE)
 end)
 
 case("several messages on one connection", function(open_)
@@ -233,11 +268,14 @@ case("ABORT mid-message keeps the client (trust still applies)", function(open_)
   local c = open_("[192.0.2.200]", "192.0.2.200")
   try(mt.helo(c, "helo.good.test"), "helo")
   mail(c, who("abort3", "sender.good.test")); rcpt(c, "rcpt@example.org")
-  expect(c, "abort: trusted msg 1 RCPT -> CONTINUE", SMFIR_CONTINUE)
+  local got = mt.getreply(c)
+  if got ~= SMFIR_CONTINUE and got ~= SMFIR_ACCEPT then
+    error("abort: trusted msg 1 RCPT: got " .. rname(got) .. ", want CONTINUE or ACCEPT", 0)
+  end
+  ok("abort: trusted msg 1 RCPT -> " .. rname(got))
   try(mt.abort(c), "abort")     -- after RCPT, before the message content
   mail(c, who("abort4", "reject.example")); rcpt(c, "rcpt@example.org")
-  expect(c, "abort: trusted msg 2 (REJECT sender) after ABORT RCPT -> CONTINUE", SMFIR_CONTINUE)
-  eom(c, "abort: trusted msg 2 EOM -> ACCEPT")
+  expect_accepted(c, "abort: trusted msg 2 (REJECT sender) after ABORT: RCPT")
 end)
 
 case("MTA offers no protocol options: every stage answered", function(open_)

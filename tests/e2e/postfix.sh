@@ -100,6 +100,8 @@ out="$(pf --xclient-addr 192.0.2.200 --xclient-name trusted.example.org --xclien
 check "trusted 192.0.2.200: REJECT sender -> RCPT 250" reply_is "RCPT TO" "$out" '^<-  250 '
 check "trusted 192.0.2.200: queued" grep -qE "$QUEUED" <<<"$out"
 check "trusted 192.0.2.200: message reached the sink" wait_sink "$SINK" "X-E2E-Id: pf-trusted-$R"
+check "trusted 192.0.2.200: daemon logged verdict=accept" \
+  wait_mxlog "verdict=accept" "client_ip=192.0.2.200" "from=<pf-trusted-$R@reject.example>"
 out="$(pf --from "pf-local-$R@reject.example" --to rcpt@example.org --header "X-E2E-Id: pf-local-$R")"
 check "trusted 127.0.0.1 (no XCLIENT): REJECT sender -> queued" grep -qE "$QUEUED" <<<"$out"
 check "trusted 127.0.0.1: message reached the sink" wait_sink "$SINK" "X-E2E-Id: pf-local-$R"

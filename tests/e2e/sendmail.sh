@@ -66,6 +66,8 @@ out="$(sm 127.0.0.1 --from "sm-trusted-$R@reject.example" --to rcpt@example.org 
 check "trusted 127.0.0.1: REJECT sender -> RCPT 250" reply_is "RCPT TO" "$out" '^<-  250 '
 check "trusted 127.0.0.1: accepted" grep -qE "$ACCEPTED" <<<"$out" || show "$out"
 check "trusted 127.0.0.1: message reached the sink" wait_sink "$SINK" "X-E2E-Id: sm-trusted-$R"
+check "trusted 127.0.0.1: daemon logged verdict=accept" \
+  wait_mxlog "verdict=accept" "client_ip=127.0.0.1" "from=<sm-trusted-$R@reject.example>"
 
 # --- the discarded one never arrives (mail sent after it has been delivered by now) ---
 check "discard: discarded message not in the sink" bash -c "! grep -qsF 'X-E2E-Id: sm-discard-$R' '$SINK'/*"

@@ -1,0 +1,158 @@
+//! `mxsentry explain`: what would happen to this client, HELO, sender and recipients, and why.
+//!
+//! Runs every check for real (DNS included, against the configured resolver) through the same
+//! policy the daemon uses, so its answer is the daemon's answer.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use crate::policy::{Decision, Envelope, Policy};
+
+/// One explained SMTP transaction.
+pub struct Query {
+    pub client_ip: IpAddr,
+    /// The MTA's verified client name; `None` → `[ip]`, as an MTA sends without one.
+    pub client_name: Option<String>,
+    pub helo: String,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub authenticated: bool,
+}
+
+/// The decision for each recipient.
+pub struct Explanation {
+    pub decisions: Vec<(String, Decision)>,
+}
+
+/// Runs the checks and the policy; must be called inside a tokio runtime.
+pub async fn explain(policy: &Policy, q: &Query) -> Explanation {
+    let client_name = q
+        .client_name
+        .clone()
+        .unwrap_or_else(|| format!("[{}]", q.client_ip));
+    let mut lookups = policy.start_lookups(q.client_ip);
+    if let Some(l) = &mut lookups {
+        l.start_helo(&q.helo);
+        l.start_sender(&q.from);
+    }
+    let rcpts = if q.rcpts.is_empty() {
+        vec!["postmaster-check@invalid".to_string()]
+    } else {
+        q.rcpts.clone()
+    };
+    let mut decisions = Vec::new();
+    for rcpt in rcpts {
+        let env = Envelope {
+            client_ip: Some(q.client_ip),
+            client_name: &client_name,
+            helo: &q.helo,
+            sender: &q.from,
+            recipient: &rcpt,
+            authenticated: q.authenticated,
+        };
+        let d = policy.decide_recipient(&env, lookups.as_mut()).await;
+        decisions.push((rcpt, d));
+    }
+    Explanation { decisions }
+}
+
+impl Explanation {
+    /// Human-readable report.
+    pub fn text(&self, q: &Query) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "client {} name {} helo {} from <{}>",
+            q.client_ip,
+            q.client_name.as_deref().unwrap_or("(unverified)"),
+            if q.helo.is_empty() { "(none)" } else { &q.helo },
+            q.from
+        );
+        for (rcpt, d) in &self.decisions {
+            let _ = writeln!(out, "\nrcpt <{rcpt}>:");
+            if d.findings.is_empty() {
+                let _ = writeln!(out, "  (no findings)");
+            }
+            for f in &d.findings {
+                let _ = writeln!(out, "  {:<13} {:<14} {}", f.check, f.outcome, f.detail);
+            }
+            if d.greylist {
+                let _ = writeln!(out, "  -> selected for greylisting");
+            }
+            for t in &d.tags {
+                let _ = writeln!(out, "  -> tag: {t}");
+            }
+            let reply = d
+                .verdict
+                .reply()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "250 (the MTA's own reply)".into());
+            let _ = writeln!(out, "  verdict: {}  reply: {}", d.verdict.name(), reply);
+            if let Some(w) = &d.would {
+                let reply = w.reply().map(|r| r.to_string()).unwrap_or_default();
+                let _ = writeln!(out, "  dry-run: would {} {}", w.name(), reply);
+            }
+        }
+        out
+    }
+
+    /// One JSON object (hand-written: the shape is small and stable).
+    pub fn json(&self, q: &Query) -> String {
+        let rcpts: Vec<String> = self
+            .decisions
+            .iter()
+            .map(|(rcpt, d)| {
+                let findings: Vec<String> = d
+                    .findings
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{{\"check\":{},\"outcome\":{},\"detail\":{}}}",
+                            json_str(f.check),
+                            json_str(&f.outcome),
+                            json_str(&f.detail)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{{\"rcpt\":{},\"verdict\":{},\"reply\":{},\"would\":{},\"greylist\":{},\"tags\":[{}],\"findings\":[{}]}}",
+                    json_str(rcpt),
+                    json_str(d.verdict.name()),
+                    d.verdict.reply().map_or("null".into(), |r| json_str(&r.to_string())),
+                    d.would.as_ref().map_or("null".into(), |w| json_str(w.name())),
+                    d.greylist,
+                    d.tags.iter().map(|t| json_str(t)).collect::<Vec<_>>().join(","),
+                    findings.join(",")
+                )
+            })
+            .collect();
+        format!(
+            "{{\"client_ip\":{},\"client_name\":{},\"helo\":{},\"from\":{},\"recipients\":[{}]}}",
+            json_str(&q.client_ip.to_string()),
+            q.client_name.as_deref().map_or("null".into(), json_str),
+            json_str(&q.helo),
+            json_str(&q.from),
+            rcpts.join(",")
+        )
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

@@ -1,0 +1,260 @@
+//! HELO, PTR/FCrDNS and DNSBL/RHSBL/DNSWL checks through the real daemon, answered by a
+//! loopback DNS server: the reply an SMTP client would see at RCPT, the dry-run tag, the
+//! greeting delay and `mxsentry explain`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{reply_text, Client, Daemon};
+use mxsentry::protocol::reply::Reply;
+
+const ZONE: &str = "\
+10.2.0.192.in-addr.arpa PTR good.fcrdns.test
+good.fcrdns.test A 192.0.2.10
+20.2.0.192.in-addr.arpa PTR forged.fcrdns.test
+forged.fcrdns.test A 192.0.2.99
+50.2.0.192.in-addr.arpa SERVFAIL
+60.2.0.192.in-addr.arpa PTR 192-0-2-60.dyn.isp.test
+192-0-2-60.dyn.isp.test A 192.0.2.60
+100.2.0.192.in-addr.arpa PTR listed.fcrdns.test
+listed.fcrdns.test A 192.0.2.100
+100.2.0.192.bl.test A 127.0.0.2
+100.2.0.192.bl.test TXT \"Listed: see https://bl.test/q?192.0.2.100\"
+102.2.0.192.in-addr.arpa PTR refused.fcrdns.test
+refused.fcrdns.test A 192.0.2.102
+102.2.0.192.bl.test A 127.255.255.254
+110.2.0.192.in-addr.arpa PTR allowed.fcrdns.test
+allowed.fcrdns.test A 192.0.2.110
+110.2.0.192.bl.test A 127.0.0.2
+110.2.0.192.wl.test A 127.0.10.1
+spammer.test.dbl.test A 127.0.1.2
+";
+
+const LISTS: &str = "[[dnsbl.zones]]\nzone = \"bl.test\"\n\
+    [[dnsbl.domain_zones]]\nzone = \"dbl.test\"\n\
+    [[dnsbl.allow_zones]]\nzone = \"wl.test\"\n";
+
+fn rcpt_reply(d: &Daemon, ip: &str, helo: &str, from: &str) -> Reply {
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    c.connect("[unverified]", ip);
+    c.helo(helo);
+    c.mail(from);
+    c.rcpt("u@example.org").expect("RCPT answered")
+}
+
+#[test]
+fn fcrdns_outcomes() {
+    let d = Daemon::start_with_zone("", LISTS, ZONE);
+    assert_eq!(
+        rcpt_reply(&d, "192.0.2.10", "mail.good.test", "a@sender.test"),
+        Reply::Continue
+    );
+    assert_eq!(
+        reply_text(&rcpt_reply(&d, "192.0.2.20", "mail.good.test", "a@sender.test")),
+        "450 4.7.25 Client host rejected: hostname forged.fcrdns.test does not resolve to address 192.0.2.20"
+    );
+    assert_eq!(
+        reply_text(&rcpt_reply(
+            &d,
+            "192.0.2.40",
+            "mail.good.test",
+            "a@sender.test"
+        )),
+        "450 4.7.25 Client host rejected: cannot find your hostname, [192.0.2.40]"
+    );
+    // a temporary DNS failure is a 4xx
+    assert_eq!(
+        reply_text(&rcpt_reply(
+            &d,
+            "192.0.2.50",
+            "mail.good.test",
+            "a@sender.test"
+        )),
+        "451 4.4.3 Temporary DNS failure, please try again later"
+    );
+    let log = d.wait_log("client_ip=192.0.2.50");
+    assert!(log.contains("rdns:temp"), "{log}");
+}
+
+#[test]
+fn temporary_failure_never_rejects_even_when_no_ptr_rejects() {
+    let d = Daemon::start_with_zone(
+        "",
+        "[rdns]\nno_ptr = \"reject\"\nforged = \"reject\"\n",
+        ZONE,
+    );
+    let r = reply_text(&rcpt_reply(&d, "192.0.2.50", "mail.good.test", "a@x.test"));
+    assert!(r.starts_with("451 "), "{r}");
+    let r = reply_text(&rcpt_reply(&d, "192.0.2.40", "mail.good.test", "a@x.test"));
+    assert!(r.starts_with("550 5.7.25 Client host rejected"), "{r}");
+}
+
+#[test]
+fn dnsbl_rhsbl_dnswl() {
+    let d = Daemon::start_with_zone("", LISTS, ZONE);
+    assert_eq!(
+        reply_text(&rcpt_reply(
+            &d,
+            "192.0.2.100",
+            "mail.good.test",
+            "a@sender.test"
+        )),
+        "550 5.7.1 Mail from 192.0.2.100 refused, listed in bl.test"
+    );
+    // an operator's refusal (127.255.255.254) is an error, never a listing
+    assert_eq!(
+        rcpt_reply(&d, "192.0.2.102", "mail.good.test", "a@sender.test"),
+        Reply::Continue
+    );
+    // listed in bl.test but also in the allow list wl.test
+    assert_eq!(
+        rcpt_reply(&d, "192.0.2.110", "mail.good.test", "a@sender.test"),
+        Reply::Continue
+    );
+    // the allow list does not vouch for the sender domain
+    let r = reply_text(&rcpt_reply(
+        &d,
+        "192.0.2.110",
+        "mail.good.test",
+        "a@spammer.test",
+    ));
+    assert!(r.contains("dbl.test"), "{r}");
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    c.connect("refused.fcrdns.test", "192.0.2.102");
+    c.mail("a@sender.test");
+    c.rcpt("u@example.org");
+    assert_eq!(c.message().last(), Some(&Reply::Accept));
+    let log = d.wait_log("client_ip=192.0.2.102");
+    let line = log
+        .lines()
+        .find(|l| l.contains("client_ip=192.0.2.102"))
+        .unwrap();
+    assert!(line.contains("verdict=accept"), "{line}");
+    assert!(line.contains("dnsbl:refused"), "{line}");
+}
+
+#[test]
+fn bogus_helo_is_rejected_but_trusted_clients_bypass() {
+    let d = Daemon::start_with_zone("", "", ZONE);
+    assert_eq!(
+        reply_text(&rcpt_reply(&d, "192.0.2.10", "mx.example.org", "a@x.test")),
+        "550 5.7.1 Access denied - bogus HELO mx.example.org"
+    );
+    assert_eq!(
+        reply_text(&rcpt_reply(&d, "192.0.2.10", "localhost", "a@x.test")),
+        "550 5.7.1 Access denied - bogus HELO localhost"
+    );
+    assert_eq!(
+        reply_text(&rcpt_reply(&d, "192.0.2.10", "[192.0.2.99]", "a@x.test")),
+        "550 5.7.1 Access denied - bogus HELO [192.0.2.99]"
+    );
+    assert_eq!(
+        rcpt_reply(&d, "192.0.2.10", "[192.0.2.10]", "a@x.test"),
+        Reply::Continue
+    );
+    assert_eq!(
+        rcpt_reply(&d, "127.0.0.1", "localhost", "a@x.test"),
+        Reply::Accept,
+        "trusted network bypasses HELO checks"
+    );
+}
+
+#[test]
+fn dry_run_tags_dnsbl_and_tag_action() {
+    let d = Daemon::start_with_zone(
+        "",
+        &format!("mode = \"dry-run\"\n[rdns]\ndynamic = \"tag\"\n{LISTS}"),
+        ZONE,
+    );
+    for (ip, want) in [
+        ("192.0.2.100", "would-reject dnsbl=bl.test"),
+        ("192.0.2.60", "rdns=dynamic"),
+    ] {
+        let mut c = Client::tcp(d.port);
+        c.negotiate();
+        c.connect("[unverified]", ip);
+        c.helo("mail.good.test");
+        c.mail("a@sender.test");
+        assert_eq!(c.rcpt("u@example.org"), Some(Reply::Continue));
+        let replies = c.message();
+        let Some(Reply::AddHeader { name, value }) = replies.first() else {
+            panic!("no tag header for {ip}: {replies:?}")
+        };
+        assert_eq!(&name[..], b"X-Mxsentry");
+        let value = String::from_utf8_lossy(value);
+        assert!(value.contains(want), "{ip}: {value}");
+    }
+}
+
+#[test]
+fn greeting_delay_holds_the_connect_reply() {
+    let d = Daemon::start_with_zone(
+        "",
+        "[greeting]\ndelay = \"1s\"\nnetworks = [\"192.0.2.0/28\"]\n",
+        ZONE,
+    );
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    let t0 = Instant::now();
+    assert_eq!(
+        c.connect("good.fcrdns.test", "192.0.2.10"),
+        Some(Reply::Continue)
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(950), "banner held");
+    // a client outside the networks is answered at once (no assertion on how fast)
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    assert_eq!(c.connect("x", "192.0.2.100"), Some(Reply::Continue));
+}
+
+#[test]
+fn explain_shows_findings_and_reply() {
+    let d = Daemon::start_with_zone("From:spammer.test REJECT\n", LISTS, ZONE);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxsentry"))
+        .args(["explain", "--config"])
+        .arg(&d.config_path)
+        .args([
+            "--client-ip",
+            "192.0.2.100",
+            "--helo",
+            "mail.good.test",
+            "--from",
+            "a@sender.test",
+            "--rcpt",
+            "u@example.org",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("rdns"), "{text}");
+    assert!(text.contains("listed.fcrdns.test"), "{text}");
+    assert!(text.contains("100.2.0.192.bl.test"), "{text}");
+    assert!(
+        text.contains(
+            "verdict: reject  reply: 550 5.7.1 Mail from 192.0.2.100 refused, listed in bl.test"
+        ),
+        "{text}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxsentry"))
+        .args(["explain", "--json", "--config"])
+        .arg(&d.config_path)
+        .args([
+            "--client-ip",
+            "192.0.2.10",
+            "--helo",
+            "mail.good.test",
+            "--from",
+            "x@spammer.test",
+            "--rcpt",
+            "u@example.org",
+        ])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("\"verdict\":\"reject\""), "{json}");
+    assert!(json.contains("\"check\":\"sender_rules\""), "{json}");
+}
