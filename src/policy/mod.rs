@@ -13,16 +13,25 @@
 //! Checks return findings, never replies; only this module chooses a reply, so logs, dry-run tags
 //! and `explain` all show the same reasoning.
 
+mod dns;
+mod needs;
+mod outcome;
+#[cfg(test)]
+mod tests;
+
+pub use needs::needs_for;
+use outcome::{default_reply, render_helo, Outcome};
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::checks::helo;
 use crate::checks::sender_rules::{AccessTable, Action, RegexRule, SenderRules, SmtpReply};
 pub use crate::checks::Finding;
-use crate::checks::{dnsbl, helo, rdns};
-use crate::config::{Action as FindingAction, Config, Mode, TempFailureAction, TrustedConfig};
-use crate::lookups::{ClientLookups, DnsChecks, DnsResults};
-use crate::protocol::negotiate::{flags, Needs, StageSet};
+use crate::config::{Action as FindingAction, Config, Mode, TrustedConfig};
+use crate::lookups::{ClientLookups, DnsChecks};
+use crate::protocol::negotiate::Needs;
 
 /// Reply for a plain `REJECT` rule, as sendmail admins know it.
 pub const DEFAULT_REJECT_REPLY: &str = "550 5.7.1 Access denied";
@@ -337,131 +346,6 @@ impl Policy {
         d
     }
 
-    /// Step 4 and 5 for the DNS lookups: DNSWL, PTR/FCrDNS, HELO resolution, DNSBL/RHSBL.
-    fn dns_findings(
-        &self,
-        env: &Envelope<'_>,
-        r: &DnsResults<'_>,
-        findings: &mut Vec<Finding>,
-        outcome: &mut Outcome,
-    ) {
-        let ip = env.client_ip.map(|i| i.to_string()).unwrap_or_default();
-        let cfg = &self.config;
-        let temp_reply = || parse_reply(&cfg.dns.tempfail_reply);
-
-        // 4. An allow-list hit vouches for the address: skip the IP block lists.
-        let allowed = dnsbl::allow_listed(r.allow_lists);
-        if let Some(z) = allowed {
-            findings.extend(z.findings());
-        }
-
-        // PTR / FCrDNS.
-        match r.rdns {
-            None => {
-                findings.push(Finding {
-                    check: "rdns",
-                    outcome: "temp".into(),
-                    detail: "reverse lookup did not finish in time".into(),
-                });
-                if cfg.dns.temp_failure == TempFailureAction::Tempfail {
-                    outcome.add(FindingAction::Tempfail, temp_reply(), "rdns", "temp");
-                }
-            }
-            Some(res) => {
-                findings.extend(res.findings());
-                let name = res.judged_name().unwrap_or("unknown");
-                let vars = |t: &str| t.replace("{client_ip}", &ip).replace("{client_name}", name);
-                match res.outcome {
-                    rdns::RdnsOutcome::Ok => {}
-                    rdns::RdnsOutcome::NoPtr => outcome.add(
-                        cfg.rdns.no_ptr,
-                        parse_reply(&vars(&cfg.rdns.no_ptr_reply)),
-                        "rdns",
-                        "no_ptr",
-                    ),
-                    rdns::RdnsOutcome::Forged => outcome.add(
-                        cfg.rdns.forged,
-                        parse_reply(&vars(&cfg.rdns.forged_reply)),
-                        "rdns",
-                        "forged",
-                    ),
-                    rdns::RdnsOutcome::Temp => {
-                        if cfg.dns.temp_failure == TempFailureAction::Tempfail {
-                            outcome.add(FindingAction::Tempfail, temp_reply(), "rdns", "temp");
-                        }
-                    }
-                }
-                if res.dynamic.is_some() {
-                    let reply = parse_reply(&vars(DYNAMIC_REPLY));
-                    outcome.add(cfg.rdns.dynamic, reply, "rdns", "dynamic");
-                }
-            }
-        }
-
-        // Optional: the HELO name must resolve (only asked when its syntax passed).
-        if let Some(res) = r.helo_resolve {
-            match res {
-                helo::HeloResolve::Resolves => {}
-                helo::HeloResolve::NxDomain => {
-                    findings.push(Finding {
-                        check: "helo",
-                        outcome: "unresolvable".into(),
-                        detail: format!("HELO {}: no A/AAAA record", env.helo),
-                    });
-                    let reply = render_helo(&cfg.helo.reply, env.helo);
-                    outcome.add(cfg.helo.action, reply, "helo", "unresolvable");
-                }
-                helo::HeloResolve::Temp(e) => {
-                    findings.push(Finding {
-                        check: "helo",
-                        outcome: "temp".into(),
-                        detail: format!("HELO {}: lookup failed: {e}", env.helo),
-                    });
-                    if cfg.dns.temp_failure == TempFailureAction::Tempfail {
-                        outcome.add(FindingAction::Tempfail, temp_reply(), "helo", "temp");
-                    }
-                }
-            }
-        }
-
-        // 5. Block lists: IP lists (unless allow-listed) and the sender's domain lists.
-        let ip_lists: &[dnsbl::ZoneResult] = if allowed.is_some() { &[] } else { r.ip_lists };
-        let mut score = 0i32;
-        let mut heaviest: Option<&dnsbl::ZoneResult> = None;
-        let mut unknown_weight = 0i32;
-        for z in ip_lists.iter().chain(r.domain_lists) {
-            findings.extend(z.findings());
-            if z.is_listed() {
-                score += z.weight;
-                if heaviest.is_none_or(|h| z.weight > h.weight) {
-                    heaviest = Some(z);
-                }
-            } else if z.outcome.is_temporary() {
-                unknown_weight += z.weight.max(0);
-            }
-        }
-        let threshold = cfg.dnsbl.threshold as i32;
-        if let Some(z) = heaviest {
-            let domain = crate::lookups::sender_domain(env.sender);
-            let reply = parse_reply(&z.reply(env.client_ip, domain.as_deref()));
-            let action = if score >= threshold {
-                cfg.dnsbl.action
-            } else {
-                cfg.dnsbl.below_threshold
-            };
-            outcome.add(action, reply, z.kind.check_name(), &z.zone);
-        }
-        // Lists that failed could have tipped the score: ask the client to come back rather
-        // than accept (never reject on a DNS error).
-        if score < threshold
-            && score + unknown_weight >= threshold
-            && cfg.dnsbl.action == FindingAction::Reject
-            && cfg.dns.temp_failure == TempFailureAction::Tempfail
-        {
-            outcome.add(FindingAction::Tempfail, temp_reply(), "dnsbl", "temp");
-        }
-    }
-
     /// Applies the mode: in dry-run a blocking verdict becomes a note and the mail goes on.
     fn finish(&self, verdict: Verdict, findings: Vec<Finding>, cause: String) -> Decision {
         if self.dry_run && verdict.is_blocking() {
@@ -491,118 +375,6 @@ impl Policy {
             .iter()
             .any(|e| e.eq_ignore_ascii_case(local))
             .then_some(local)
-    }
-}
-
-/// Reply for a client whose rDNS name looks dynamic (when its action blocks).
-const DYNAMIC_REPLY: &str =
-    "550 5.7.1 Client host {client_name} [{client_ip}] looks like a dynamic address; use your provider's relay";
-
-/// The strongest action among the findings, and its reply.
-#[derive(Default)]
-struct Outcome {
-    /// (strength, action, reply) of the strongest blocking action so far.
-    blocking: Option<(u8, FindingAction, SmtpReply, String)>,
-    greylist: bool,
-    /// A finding asked to hold the banner (`delay`, acted on at CONNECT).
-    delay: bool,
-    tags: Vec<String>,
-}
-
-impl Outcome {
-    fn add(&mut self, action: FindingAction, reply: SmtpReply, check: &str, what: &str) {
-        let strength = match action {
-            FindingAction::Reject => 2,
-            FindingAction::Tempfail => 1,
-            FindingAction::Greylist => {
-                self.greylist = true;
-                return;
-            }
-            FindingAction::Tag => {
-                self.tags.push(format!("{check}={what}"));
-                return;
-            }
-            FindingAction::Delay => {
-                // Acted on at CONNECT: the session holds the banner.
-                self.delay = true;
-                return;
-            }
-            FindingAction::Log | FindingAction::Off => return,
-        };
-        if self.blocking.as_ref().is_none_or(|(s, ..)| strength > *s) {
-            self.blocking = Some((strength, action, reply, format!("{check}={what}")));
-        }
-    }
-
-    fn verdict(&self) -> Verdict {
-        match &self.blocking {
-            Some((_, FindingAction::Reject, reply, _)) => Verdict::Reject(reply.with_class(5)),
-            Some((_, _, reply, _)) => Verdict::Tempfail(reply.with_class(4)),
-            None => Verdict::Continue,
-        }
-    }
-
-    fn cause(&self) -> String {
-        self.blocking
-            .as_ref()
-            .map(|(.., cause)| cause.clone())
-            .unwrap_or_default()
-    }
-}
-
-fn parse_reply(text: &str) -> SmtpReply {
-    // Config validation checked the templates; a substituted value can still break one (a
-    // control character in a TXT record, say): fall back to a plain reply of the same class.
-    SmtpReply::parse(text).unwrap_or_else(|_| {
-        let temporary = text.starts_with('4');
-        default_reply(if temporary {
-            "451 4.7.1 Try again later"
-        } else {
-            "550 5.7.1 Access denied"
-        })
-    })
-}
-
-fn render_helo(template: &str, helo: &str) -> SmtpReply {
-    let safe: String = helo.chars().filter(|c| !c.is_control()).take(100).collect();
-    parse_reply(&template.replace("{helo}", &safe))
-}
-
-/// What mxsentry asks of the MTA under `config`: the stages it reads, the ones it answers
-/// (RCPT, where verdicts are given; CONNECT too when the banner may be held), the actions it
-/// may take and the macros it wants per stage.
-pub fn needs_for(config: &Config) -> Needs {
-    let holds_banner = !config.greeting.networks.is_empty()
-        || [
-            config.helo.action,
-            config.rdns.no_ptr,
-            config.rdns.forged,
-            config.rdns.dynamic,
-            config.dnsbl.action,
-            config.dnsbl.below_threshold,
-        ]
-        .contains(&FindingAction::Delay);
-    let mut reply_stages = StageSet::RCPT;
-    if holds_banner {
-        reply_stages |= StageSet::CONNECT;
-    }
-    Needs {
-        actions: flags::SMFIF_ADDHDRS,
-        stages: StageSet::CONNECT | StageSet::HELO | StageSet::MAIL | StageSet::RCPT,
-        reply_stages,
-        macros: vec![
-            (
-                flags::SMFIM_CONNECT,
-                "j _ {daemon_name} {if_addr} {client_addr} {client_name} {client_ptr} {client_resolve}"
-                    .into(),
-            ),
-            (
-                flags::SMFIM_ENVFROM,
-                "i {auth_type} {auth_authen} {mail_addr}".into(),
-            ),
-            (flags::SMFIM_ENVRCPT, "i {rcpt_addr}".into()),
-            (flags::SMFIM_EOM, "i".into()),
-        ],
     }
 }
 
@@ -640,128 +412,9 @@ fn action_word(action: &Action) -> &'static str {
     }
 }
 
-fn default_reply(text: &str) -> SmtpReply {
-    SmtpReply::parse(text).expect("built-in reply texts are valid")
-}
-
 /// Loads the config file and builds a policy from it: what `run`, `check-config` and reload share.
 pub fn load(path: &Path) -> Result<(Config, Policy), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let policy = Policy::from_config(&config)?;
     Ok((config, policy))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy_with(access: &str, extra_toml: &str) -> Policy {
-        let dir = tempfile::tempdir().unwrap();
-        let access_path = dir.path().join("access");
-        std::fs::write(&access_path, access).unwrap();
-        let text = format!(
-            "[sender_rules]\naccess_file = {:?}\n{extra_toml}",
-            access_path.display().to_string()
-        );
-        let config = Config::parse(&text, Path::new("test.toml")).unwrap();
-        Policy::from_config(&config).unwrap()
-    }
-
-    fn decide(p: &Policy, e: &Envelope<'_>) -> Decision {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(p.decide_recipient(e, None))
-    }
-
-    fn env<'a>(ip: &str, sender: &'a str, rcpt: &'a str) -> Envelope<'a> {
-        Envelope {
-            client_ip: Some(ip.parse().unwrap()),
-            client_name: "[192.0.2.10]",
-            helo: "helo.test",
-            sender,
-            recipient: rcpt,
-            authenticated: false,
-        }
-    }
-
-    const ACCESS: &str = "From:reject.example REJECT\nFrom:discard.example DISCARD\n\
-        From:banned.example ERROR:\"550 Sender banned. Please use legitimate domain\"\n\
-        From:later.example ERROR:4.7.1:\"451 Later\"\nFrom:friend.example OK\n\
-        Connect:192.0.2.66 REJECT\nTo:blocked@example.org REJECT\n";
-
-    #[test]
-    fn decision_order() {
-        let p = policy_with(ACCESS, "");
-        let d = decide(&p, &env("192.0.2.10", "a@reject.example", "u@example.org"));
-        assert_eq!(d.verdict.name(), "reject");
-        assert_eq!(
-            d.verdict.reply().unwrap().to_string(),
-            "550 5.7.1 Access denied"
-        );
-        // postmaster exemption beats the sender rule
-        let d = decide(
-            &p,
-            &env("192.0.2.10", "a@reject.example", "Postmaster@example.org"),
-        );
-        assert_eq!(d.verdict, Verdict::Continue);
-        assert_eq!(d.findings[0].check, "exemption");
-        // trusted network beats everything
-        let d = decide(&p, &env("127.0.0.1", "a@reject.example", "u@example.org"));
-        assert_eq!(d.verdict, Verdict::Accept);
-        let d = decide(&p, &env("192.0.2.10", "a@discard.example", "u@example.org"));
-        assert_eq!(d.verdict, Verdict::Discard);
-        let d = decide(&p, &env("192.0.2.10", "x@banned.example", "u@example.org"));
-        assert_eq!(
-            d.verdict.reply().unwrap().to_string(),
-            "550 Sender banned. Please use legitimate domain"
-        );
-        let d = decide(&p, &env("192.0.2.10", "x@later.example", "u@example.org"));
-        assert_eq!(d.verdict.name(), "tempfail");
-        let d = decide(&p, &env("192.0.2.66", "x@friend.example", "u@example.org"));
-        assert_eq!(d.verdict.name(), "reject", "Connect: is looked up first");
-        let d = decide(
-            &p,
-            &env("192.0.2.10", "x@ok.example", "blocked@example.org"),
-        );
-        assert_eq!(d.verdict.name(), "reject");
-        let d = decide(&p, &env("192.0.2.10", "x@ok.example", "u@example.org"));
-        assert_eq!(d.verdict, Verdict::Continue);
-        assert!(d.findings.is_empty());
-    }
-
-    #[test]
-    fn authenticated_clients_are_trusted_when_configured() {
-        let p = policy_with(ACCESS, "");
-        let mut e = env("192.0.2.10", "a@reject.example", "u@example.org");
-        e.authenticated = true;
-        assert_eq!(decide(&p, &e).verdict, Verdict::Accept);
-        let p = policy_with(ACCESS, "[trusted]\nauthenticated = false\n");
-        assert_eq!(decide(&p, &e).verdict.name(), "reject");
-    }
-
-    #[test]
-    fn regex_rules_match_the_sender() {
-        let p = policy_with(
-            "",
-            "[[sender_rules.regex]]\npattern = '^[^@]+@(emalsrv|complains)\\.'\naction = 'ERROR:\"550 5.7.1 Sender banned\"'\n",
-        );
-        let d = decide(
-            &p,
-            &env("192.0.2.10", "bounce@emalsrv.example.com", "u@example.org"),
-        );
-        assert_eq!(
-            d.verdict.reply().unwrap().to_string(),
-            "550 5.7.1 Sender banned"
-        );
-    }
-
-    #[test]
-    fn dry_run_never_blocks_but_remembers() {
-        let p = policy_with(ACCESS, "[milter]\nmode = \"dry-run\"\n");
-        let d = decide(&p, &env("192.0.2.10", "a@reject.example", "u@example.org"));
-        assert_eq!(d.verdict, Verdict::Continue);
-        assert_eq!(d.would.unwrap().name(), "reject");
-    }
 }

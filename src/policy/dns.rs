@@ -1,0 +1,135 @@
+//! Steps 4 and 5 for the DNS lookups: DNSWL, PTR/FCrDNS, HELO resolution, DNSBL/RHSBL.
+
+use crate::checks::{dnsbl, helo, rdns, Finding};
+use crate::config::{Action as FindingAction, TempFailureAction};
+use crate::lookups::DnsResults;
+
+use super::outcome::{parse_reply, render_helo, Outcome, DYNAMIC_REPLY};
+use super::{Envelope, Policy};
+
+impl Policy {
+    /// Step 4 and 5 for the DNS lookups: DNSWL, PTR/FCrDNS, HELO resolution, DNSBL/RHSBL.
+    pub(super) fn dns_findings(
+        &self,
+        env: &Envelope<'_>,
+        r: &DnsResults<'_>,
+        findings: &mut Vec<Finding>,
+        outcome: &mut Outcome,
+    ) {
+        let ip = env.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        let cfg = &self.config;
+        let temp_reply = || parse_reply(&cfg.dns.tempfail_reply);
+
+        // 4. An allow-list hit vouches for the address: skip the IP block lists.
+        let allowed = dnsbl::allow_listed(r.allow_lists);
+        if let Some(z) = allowed {
+            findings.extend(z.findings());
+        }
+
+        // PTR / FCrDNS.
+        match r.rdns {
+            None => {
+                findings.push(Finding {
+                    check: "rdns",
+                    outcome: "temp".into(),
+                    detail: "reverse lookup did not finish in time".into(),
+                });
+                if cfg.dns.temp_failure == TempFailureAction::Tempfail {
+                    outcome.add(FindingAction::Tempfail, temp_reply(), "rdns", "temp");
+                }
+            }
+            Some(res) => {
+                findings.extend(res.findings());
+                let name = res.judged_name().unwrap_or("unknown");
+                let vars = |t: &str| t.replace("{client_ip}", &ip).replace("{client_name}", name);
+                match res.outcome {
+                    rdns::RdnsOutcome::Ok => {}
+                    rdns::RdnsOutcome::NoPtr => outcome.add(
+                        cfg.rdns.no_ptr,
+                        parse_reply(&vars(&cfg.rdns.no_ptr_reply)),
+                        "rdns",
+                        "no_ptr",
+                    ),
+                    rdns::RdnsOutcome::Forged => outcome.add(
+                        cfg.rdns.forged,
+                        parse_reply(&vars(&cfg.rdns.forged_reply)),
+                        "rdns",
+                        "forged",
+                    ),
+                    rdns::RdnsOutcome::Temp => {
+                        if cfg.dns.temp_failure == TempFailureAction::Tempfail {
+                            outcome.add(FindingAction::Tempfail, temp_reply(), "rdns", "temp");
+                        }
+                    }
+                }
+                if res.dynamic.is_some() {
+                    let reply = parse_reply(&vars(DYNAMIC_REPLY));
+                    outcome.add(cfg.rdns.dynamic, reply, "rdns", "dynamic");
+                }
+            }
+        }
+
+        // Optional: the HELO name must resolve (only asked when its syntax passed).
+        if let Some(res) = r.helo_resolve {
+            match res {
+                helo::HeloResolve::Resolves => {}
+                helo::HeloResolve::NxDomain => {
+                    findings.push(Finding {
+                        check: "helo",
+                        outcome: "unresolvable".into(),
+                        detail: format!("HELO {}: no A/AAAA record", env.helo),
+                    });
+                    let reply = render_helo(&cfg.helo.reply, env.helo);
+                    outcome.add(cfg.helo.action, reply, "helo", "unresolvable");
+                }
+                helo::HeloResolve::Temp(e) => {
+                    findings.push(Finding {
+                        check: "helo",
+                        outcome: "temp".into(),
+                        detail: format!("HELO {}: lookup failed: {e}", env.helo),
+                    });
+                    if cfg.dns.temp_failure == TempFailureAction::Tempfail {
+                        outcome.add(FindingAction::Tempfail, temp_reply(), "helo", "temp");
+                    }
+                }
+            }
+        }
+
+        // 5. Block lists: IP lists (unless allow-listed) and the sender's domain lists.
+        let ip_lists: &[dnsbl::ZoneResult] = if allowed.is_some() { &[] } else { r.ip_lists };
+        let mut score = 0i32;
+        let mut heaviest: Option<&dnsbl::ZoneResult> = None;
+        let mut unknown_weight = 0i32;
+        for z in ip_lists.iter().chain(r.domain_lists) {
+            findings.extend(z.findings());
+            if z.is_listed() {
+                score += z.weight;
+                if heaviest.is_none_or(|h| z.weight > h.weight) {
+                    heaviest = Some(z);
+                }
+            } else if z.outcome.is_temporary() {
+                unknown_weight += z.weight.max(0);
+            }
+        }
+        let threshold = cfg.dnsbl.threshold as i32;
+        if let Some(z) = heaviest {
+            let domain = crate::lookups::sender_domain(env.sender);
+            let reply = parse_reply(&z.reply(env.client_ip, domain.as_deref()));
+            let action = if score >= threshold {
+                cfg.dnsbl.action
+            } else {
+                cfg.dnsbl.below_threshold
+            };
+            outcome.add(action, reply, z.kind.check_name(), &z.zone);
+        }
+        // Lists that failed could have tipped the score: ask the client to come back rather
+        // than accept (never reject on a DNS error).
+        if score < threshold
+            && score + unknown_weight >= threshold
+            && cfg.dnsbl.action == FindingAction::Reject
+            && cfg.dns.temp_failure == TempFailureAction::Tempfail
+        {
+            outcome.add(FindingAction::Tempfail, temp_reply(), "dnsbl", "temp");
+        }
+    }
+}

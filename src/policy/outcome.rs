@@ -1,0 +1,84 @@
+//! Combining findings' actions into one verdict, and the reply texts.
+
+use crate::checks::sender_rules::SmtpReply;
+use crate::config::Action as FindingAction;
+
+use super::Verdict;
+
+/// Reply for a client whose rDNS name looks dynamic (when its action blocks).
+pub(super) const DYNAMIC_REPLY: &str =
+    "550 5.7.1 Client host {client_name} [{client_ip}] looks like a dynamic address; use your provider's relay";
+
+/// The strongest action among the findings, and its reply.
+#[derive(Default)]
+pub(super) struct Outcome {
+    /// (strength, action, reply) of the strongest blocking action so far.
+    pub(super) blocking: Option<(u8, FindingAction, SmtpReply, String)>,
+    pub(super) greylist: bool,
+    /// A finding asked to hold the banner (`delay`, acted on at CONNECT).
+    pub(super) delay: bool,
+    pub(super) tags: Vec<String>,
+}
+
+impl Outcome {
+    pub(super) fn add(&mut self, action: FindingAction, reply: SmtpReply, check: &str, what: &str) {
+        let strength = match action {
+            FindingAction::Reject => 2,
+            FindingAction::Tempfail => 1,
+            FindingAction::Greylist => {
+                self.greylist = true;
+                return;
+            }
+            FindingAction::Tag => {
+                self.tags.push(format!("{check}={what}"));
+                return;
+            }
+            FindingAction::Delay => {
+                // Acted on at CONNECT: the session holds the banner.
+                self.delay = true;
+                return;
+            }
+            FindingAction::Log | FindingAction::Off => return,
+        };
+        if self.blocking.as_ref().is_none_or(|(s, ..)| strength > *s) {
+            self.blocking = Some((strength, action, reply, format!("{check}={what}")));
+        }
+    }
+
+    pub(super) fn verdict(&self) -> Verdict {
+        match &self.blocking {
+            Some((_, FindingAction::Reject, reply, _)) => Verdict::Reject(reply.with_class(5)),
+            Some((_, _, reply, _)) => Verdict::Tempfail(reply.with_class(4)),
+            None => Verdict::Continue,
+        }
+    }
+
+    pub(super) fn cause(&self) -> String {
+        self.blocking
+            .as_ref()
+            .map(|(.., cause)| cause.clone())
+            .unwrap_or_default()
+    }
+}
+
+pub(super) fn parse_reply(text: &str) -> SmtpReply {
+    // Config validation checked the templates; a substituted value can still break one (a
+    // control character in a TXT record, say): fall back to a plain reply of the same class.
+    SmtpReply::parse(text).unwrap_or_else(|_| {
+        let temporary = text.starts_with('4');
+        default_reply(if temporary {
+            "451 4.7.1 Try again later"
+        } else {
+            "550 5.7.1 Access denied"
+        })
+    })
+}
+
+pub(super) fn render_helo(template: &str, helo: &str) -> SmtpReply {
+    let safe: String = helo.chars().filter(|c| !c.is_control()).take(100).collect();
+    parse_reply(&template.replace("{helo}", &safe))
+}
+
+pub(super) fn default_reply(text: &str) -> SmtpReply {
+    SmtpReply::parse(text).expect("built-in reply texts are valid")
+}

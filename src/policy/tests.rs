@@ -1,0 +1,113 @@
+//! Decision order tests.
+
+use super::*;
+
+fn policy_with(access: &str, extra_toml: &str) -> Policy {
+    let dir = tempfile::tempdir().unwrap();
+    let access_path = dir.path().join("access");
+    std::fs::write(&access_path, access).unwrap();
+    let text = format!(
+        "[sender_rules]\naccess_file = {:?}\n{extra_toml}",
+        access_path.display().to_string()
+    );
+    let config = Config::parse(&text, Path::new("test.toml")).unwrap();
+    Policy::from_config(&config).unwrap()
+}
+
+fn decide(p: &Policy, e: &Envelope<'_>) -> Decision {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(p.decide_recipient(e, None))
+}
+
+fn env<'a>(ip: &str, sender: &'a str, rcpt: &'a str) -> Envelope<'a> {
+    Envelope {
+        client_ip: Some(ip.parse().unwrap()),
+        client_name: "[192.0.2.10]",
+        helo: "helo.test",
+        sender,
+        recipient: rcpt,
+        authenticated: false,
+    }
+}
+
+const ACCESS: &str = "From:reject.example REJECT\nFrom:discard.example DISCARD\n\
+    From:banned.example ERROR:\"550 Sender banned. Please use legitimate domain\"\n\
+    From:later.example ERROR:4.7.1:\"451 Later\"\nFrom:friend.example OK\n\
+    Connect:192.0.2.66 REJECT\nTo:blocked@example.org REJECT\n";
+
+#[test]
+fn decision_order() {
+    let p = policy_with(ACCESS, "");
+    let d = decide(&p, &env("192.0.2.10", "a@reject.example", "u@example.org"));
+    assert_eq!(d.verdict.name(), "reject");
+    assert_eq!(
+        d.verdict.reply().unwrap().to_string(),
+        "550 5.7.1 Access denied"
+    );
+    // postmaster exemption beats the sender rule
+    let d = decide(
+        &p,
+        &env("192.0.2.10", "a@reject.example", "Postmaster@example.org"),
+    );
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert_eq!(d.findings[0].check, "exemption");
+    // trusted network beats everything
+    let d = decide(&p, &env("127.0.0.1", "a@reject.example", "u@example.org"));
+    assert_eq!(d.verdict, Verdict::Accept);
+    let d = decide(&p, &env("192.0.2.10", "a@discard.example", "u@example.org"));
+    assert_eq!(d.verdict, Verdict::Discard);
+    let d = decide(&p, &env("192.0.2.10", "x@banned.example", "u@example.org"));
+    assert_eq!(
+        d.verdict.reply().unwrap().to_string(),
+        "550 Sender banned. Please use legitimate domain"
+    );
+    let d = decide(&p, &env("192.0.2.10", "x@later.example", "u@example.org"));
+    assert_eq!(d.verdict.name(), "tempfail");
+    let d = decide(&p, &env("192.0.2.66", "x@friend.example", "u@example.org"));
+    assert_eq!(d.verdict.name(), "reject", "Connect: is looked up first");
+    let d = decide(
+        &p,
+        &env("192.0.2.10", "x@ok.example", "blocked@example.org"),
+    );
+    assert_eq!(d.verdict.name(), "reject");
+    let d = decide(&p, &env("192.0.2.10", "x@ok.example", "u@example.org"));
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert!(d.findings.is_empty());
+}
+
+#[test]
+fn authenticated_clients_are_trusted_when_configured() {
+    let p = policy_with(ACCESS, "");
+    let mut e = env("192.0.2.10", "a@reject.example", "u@example.org");
+    e.authenticated = true;
+    assert_eq!(decide(&p, &e).verdict, Verdict::Accept);
+    let p = policy_with(ACCESS, "[trusted]\nauthenticated = false\n");
+    assert_eq!(decide(&p, &e).verdict.name(), "reject");
+}
+
+#[test]
+fn regex_rules_match_the_sender() {
+    let p = policy_with(
+        "",
+        "[[sender_rules.regex]]\npattern = '^[^@]+@(emalsrv|complains)\\.'\naction = 'ERROR:\"550 5.7.1 Sender banned\"'\n",
+    );
+    let d = decide(
+        &p,
+        &env("192.0.2.10", "bounce@emalsrv.example.com", "u@example.org"),
+    );
+    assert_eq!(
+        d.verdict.reply().unwrap().to_string(),
+        "550 5.7.1 Sender banned"
+    );
+}
+
+#[test]
+fn dry_run_never_blocks_but_remembers() {
+    let p = policy_with(ACCESS, "[milter]\nmode = \"dry-run\"\n");
+    let d = decide(&p, &env("192.0.2.10", "a@reject.example", "u@example.org"));
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert_eq!(d.would.unwrap().name(), "reject");
+}

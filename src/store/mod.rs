@@ -1,0 +1,95 @@
+//! Greylist stores behind one trait: the embedded database (default, one MX host) and Redis
+//! (several MX hosts sharing one view).
+//!
+//! The greylisting *rules* live in `checks::greylist`; a store only keeps entries and applies an
+//! update atomically, so both backends behave the same by construction.
+
+use async_trait::async_trait;
+
+pub mod embedded;
+pub mod redis;
+
+/// One greylist or autowhitelist record. Times are Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Entry {
+    /// When the first attempt was seen.
+    pub first_seen: u64,
+    /// When the entry was last updated.
+    pub last_seen: u64,
+    /// Accepted deliveries (0 while still greylisted).
+    pub passed: u32,
+    /// Refused attempts.
+    pub blocked: u32,
+    /// When the entry stops counting (expired entries are ignored and purged).
+    pub expires: u64,
+}
+
+impl Entry {
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires <= now
+    }
+}
+
+/// What an [`GreylistStore::update`] closure decides for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Store this entry (its `expires` is the TTL).
+    Put(Entry),
+    /// Remove the entry.
+    Delete,
+    /// Leave the store as it is.
+    Keep,
+}
+
+/// A store failure: the greylist step fails open (accepts, logs, counts), never 5xx.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store timed out")]
+    Timeout,
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The update function: given the current entry (expired or not), what to write. It must be a
+/// pure function of its input: Redis may call it again when another MX host raced it.
+pub type UpdateFn<'a> = dyn Fn(Option<Entry>) -> Write + Send + Sync + 'a;
+
+/// A place to keep greylist entries. Keys are opaque strings built by `checks::greylist`
+/// (`t:<net>|<sender>|<rcpt>` for triplets, `c:<net>` for client autowhitelisting; hashed when
+/// `greylist.hash_keys` is on).
+#[async_trait]
+pub trait GreylistStore: Send + Sync {
+    /// Backend name for logs and metric labels: `embedded` or `redis`.
+    fn backend(&self) -> &'static str;
+
+    /// Reads `key`, calls `f` with the entry and applies its write, atomically with respect to
+    /// every other update of the same key (Redis: also across MX hosts). Returns the entry `f`
+    /// was given (the caller derives its decision from it with the same pure function). The
+    /// written entry is visible to the next call at once (durability: see each backend).
+    async fn update(&self, key: &str, f: &UpdateFn<'_>) -> Result<Option<Entry>, StoreError>;
+
+    /// The entry for `key`, expired or not.
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+
+    /// Writes an entry (admin `greylist add`).
+    async fn put(&self, key: &str, entry: Entry) -> Result<(), StoreError>;
+
+    /// Removes `key`; true when it existed (admin `greylist del`).
+    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Entries whose key starts with `prefix`, at most `limit`, in key order where the backend
+    /// has one (admin `greylist list`).
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Entry)>, StoreError>;
+
+    /// Removes entries expired at `now`; returns how many (periodic purge, `greylist purge`).
+    /// Must not stall concurrent updates for long (work in batches).
+    async fn purge(&self, now: u64) -> Result<u64, StoreError>;
+
+    /// Number of entries (for the entries gauge; may be approximate).
+    async fn len(&self) -> Result<u64, StoreError>;
+
+    /// Makes everything written so far durable (SIGTERM, admin commands).
+    async fn flush(&self) -> Result<(), StoreError>;
+}
