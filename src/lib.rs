@@ -16,4 +16,5 @@ pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod testing;

@@ -25,15 +25,32 @@ pub struct DnsChecks {
     pub helo_resolves: bool,
     /// Upper bound on waiting for all lookups of a client (PTR then forward, lists).
     pub deadline: Duration,
+    /// Whether any finding from these lookups can matter: with every rDNS action `off` and no
+    /// lists configured, no lookup is started at all.
+    pub active: bool,
 }
 
 impl DnsChecks {
     pub fn from_config(config: &Config) -> Result<DnsChecks, String> {
+        let dns = Dns::new(&config.dns)?;
+        dns.set_observer(Arc::new(|kind, outcome, seconds| {
+            crate::metrics::metrics().dns_query(kind, outcome, seconds)
+        }));
         Ok(DnsChecks {
-            dns: Arc::new(Dns::new(&config.dns)?),
+            dns: Arc::new(dns),
             dynamic: DynamicPatterns::new(&config.rdns.dynamic_patterns)?,
             dnsbl: config.dnsbl.clone(),
             helo_resolves: config.helo.check_resolves,
+            active: {
+                use crate::config::Action::Off;
+                let r = &config.rdns;
+                let d = &config.dnsbl;
+                let rdns_matters = [r.no_ptr, r.forged, r.dynamic].iter().any(|a| *a != Off);
+                rdns_matters
+                    || !d.zones.is_empty()
+                    || !d.domain_zones.is_empty()
+                    || config.helo.check_resolves
+            },
             // PTR and forward lookups run one after the other; one more timeout of slack.
             deadline: config.dns.timeout * 3,
         })
@@ -116,11 +133,11 @@ impl ClientLookups {
         let rdns = Pending::spawn(async move { rdns::lookup(&c.dns, ip, &c.dynamic).await });
         let c = checks.clone();
         let ip_lists = Pending::spawn(async move {
-            dnsbl::query_ip(&c.dns, ip, &c.dnsbl.zones, ZoneKind::Ip).await
+            counted(dnsbl::query_ip(&c.dns, ip, &c.dnsbl.zones, ZoneKind::Ip).await)
         });
         let c = checks.clone();
         let allow_lists = Pending::spawn(async move {
-            dnsbl::query_ip(&c.dns, ip, &c.dnsbl.allow_zones, ZoneKind::Allow).await
+            counted(dnsbl::query_ip(&c.dns, ip, &c.dnsbl.allow_zones, ZoneKind::Allow).await)
         });
         ClientLookups {
             checks,
@@ -167,9 +184,9 @@ impl ClientLookups {
         let d = domain.clone();
         self.domain_lists = Some((
             domain,
-            Pending::spawn(
-                async move { dnsbl::query_domain(&c.dns, &d, &c.dnsbl.domain_zones).await },
-            ),
+            Pending::spawn(async move {
+                counted(dnsbl::query_domain(&c.dns, &d, &c.dnsbl.domain_zones).await)
+            }),
         ));
     }
 
@@ -200,6 +217,18 @@ impl ClientLookups {
             incomplete,
         }
     }
+}
+
+/// Counts each list's result (zone names come from the config: bounded label values).
+fn counted(results: Vec<ZoneResult>) -> Vec<ZoneResult> {
+    let m = crate::metrics::metrics();
+    for r in &results {
+        m.dnsbl_result(&r.zone, r.outcome.as_str());
+        if matches!(r.outcome, dnsbl::ZoneOutcome::Refused(_)) {
+            m.dnsbl_refusal(&r.zone);
+        }
+    }
+    results
 }
 
 fn done<T>(p: &Pending<T>) -> Option<&T> {

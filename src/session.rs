@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::decision_log::{self, DecisionLine};
 use crate::lookups::ClientLookups;
+use crate::metrics::metrics;
 use crate::policy::{Decision, Envelope, Policy, Verdict};
 use crate::protocol::command::{ClientAddress, Command, MacroPairs};
 use crate::protocol::flags;
@@ -128,6 +129,9 @@ pub struct Session {
     helo: String,
     message: Message,
     started: Instant,
+    /// The most severe verdict of this SMTP session so far (for the sessions metric);
+    /// None until a CONNECT was seen.
+    worst: Option<&'static str>,
 }
 
 impl Session {
@@ -144,6 +148,7 @@ impl Session {
             helo: String::new(),
             message: Message::default(),
             started: Instant::now(),
+            worst: None,
         }
     }
 
@@ -166,7 +171,10 @@ impl Session {
                 self.negotiated = Some(n);
                 return Ok(Flow::Continue);
             }
-            Command::Quit => return Ok(Flow::Close),
+            Command::Quit => {
+                self.end_session();
+                return Ok(Flow::Close);
+            }
             Command::QuitNewConnection => {
                 // The MTA reuses this connection for a new SMTP session (no new OPTNEG).
                 self.reset_connection();
@@ -184,6 +192,7 @@ impl Session {
                 self.reset_connection_keep_macros();
                 self.policy = self.policies.current();
                 self.client_name = lossy(&hostname);
+                self.worst = Some("accept");
                 self.client_ip = match address {
                     ClientAddress::Inet { ip, .. } => Some(ip),
                     _ => None,
@@ -293,6 +302,16 @@ impl Session {
     /// Logs a refusal now (the recipient never becomes part of a message); remembers an
     /// acceptance for the end-of-message log line.
     fn record(&mut self, decision: &Decision, rcpt: String) -> Reply {
+        let m = metrics();
+        m.recipient_verdict(decision.verdict.name());
+        m.decision_duration(self.started.elapsed().as_secs_f64());
+        if let Some(would) = &decision.would {
+            m.dry_run_verdict(would.name());
+        }
+        for f in &decision.findings {
+            m.finding(f.check, &f.outcome);
+        }
+        self.note_verdict(decision.verdict.name());
         // The log line keeps what is notable; `explain` shows every finding.
         for f in decision.findings.iter().filter(|f| f.is_notable()) {
             let f = f.to_string();
@@ -338,11 +357,35 @@ impl Session {
         reply
     }
 
+    /// Remembers the most severe verdict of the SMTP session.
+    fn note_verdict(&mut self, verdict: &'static str) {
+        let rank = |v: &str| match v {
+            "reject" => 4,
+            "discard" => 3,
+            "tempfail" => 2,
+            "greylist" => 1,
+            _ => 0,
+        };
+        if self.worst.is_none_or(|w| rank(verdict) > rank(w)) {
+            self.worst = Some(verdict);
+        }
+    }
+
+    /// Counts the finished SMTP session (at QUIT, QUIT_NC, a new CONNECT or the end of the
+    /// connection).
+    fn end_session(&mut self) {
+        if let Some(worst) = self.worst.take() {
+            metrics().session_verdict(worst);
+        }
+    }
+
     /// Adds the dry-run tag header if any, logs the accepted message and gives the final reply.
     fn end_of_message(&mut self, out: &mut BytesMut) -> Reply {
         if self.message.whole_message == Some(Verdict::Discard) {
+            metrics().message_verdict("discard");
             return Reply::Discard; // already logged at RCPT
         }
+        metrics().message_verdict("accept");
         if !self.message.tags.is_empty() {
             let can_add = self
                 .negotiated
@@ -393,6 +436,7 @@ impl Session {
     }
 
     fn reset_connection_keep_macros(&mut self) {
+        self.end_session();
         self.message = Message::default();
         self.lookups = None;
         self.client_name.clear();
@@ -404,6 +448,12 @@ impl Session {
     fn reset_connection(&mut self) {
         self.reset_connection_keep_macros();
         self.macros = Macros::default();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.end_session();
     }
 }
 

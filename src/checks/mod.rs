@@ -2,6 +2,7 @@
 //! reply (that is `policy`'s job).
 
 pub mod dnsbl;
+pub mod greylist;
 pub mod helo;
 pub mod rdns;
 pub mod sender_rules;

@@ -178,7 +178,7 @@ impl Policy {
 
     /// Starts the DNS lookups for a client (at CONNECT), unless it is trusted.
     pub fn start_lookups(&self, ip: IpAddr) -> Option<ClientLookups> {
-        if self.trusted.is_trusted_ip(ip) {
+        if self.trusted.is_trusted_ip(ip) || !self.dns.active {
             return None;
         }
         Some(ClientLookups::start(self.dns.clone(), ip))

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
+use crate::metrics::{self, metrics};
 use crate::policy::{self, Policy};
 use crate::session::{PolicySource, Session};
 use connection::Limits;
@@ -71,6 +72,11 @@ impl Server {
         for spec in &self.config.milter.listen {
             listeners.push(listener::bind(spec, &self.config.milter).await?);
         }
+        let metrics_listener = match self.config.metrics.listen {
+            Some(addr) => Some(metrics::bind(addr).await.map_err(|e| e.to_string())?),
+            None => None,
+        };
+        metrics().config_loaded();
         let listen_list = self
             .config
             .milter
@@ -98,6 +104,14 @@ impl Server {
             write_timeout: self.config.milter.write_timeout,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(l) = metrics_listener {
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve_listener(l, metrics(), stop).await {
+                    tracing::error!("metrics endpoint stopped: {e}");
+                }
+            });
+        }
         let mut accept_tasks = Vec::new();
         for l in listeners {
             accept_tasks.push(tokio::spawn(accept_loop(
@@ -159,6 +173,7 @@ pub fn reload(config_path: &std::path::Path, shared: &SharedPolicy) {
         Ok((_config, policy)) => {
             let (access, regex) = policy.rule_counts();
             shared.replace(policy);
+            metrics().reload(true);
             tracing::info!(
                 config = %config_path.display(),
                 access_rules = access,
@@ -166,7 +181,10 @@ pub fn reload(config_path: &std::path::Path, shared: &SharedPolicy) {
                 "configuration reloaded"
             );
         }
-        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+        Err(e) => {
+            metrics().reload(false);
+            tracing::error!("reload failed, keeping the running configuration: {e}")
+        }
     }
 }
 
@@ -192,6 +210,7 @@ async fn accept_loop(
                 backoff = Duration::from_millis(10);
                 let session = Session::new(policies.clone());
                 tokio::spawn(async move {
+                    let _open = metrics().connection();
                     let end = match stream {
                         Stream::Tcp(s) => {
                             let _ = s.set_nodelay(true);
@@ -199,6 +218,9 @@ async fn accept_loop(
                         }
                         Stream::Unix(s) => connection::serve(s, session, limits).await,
                     };
+                    if let Some(reason) = metrics::protocol_error_reason(&end) {
+                        metrics().protocol_error(reason);
+                    }
                     if end.is_clean() {
                         tracing::debug!(peer = %peer, "connection closed: {end}");
                     } else {

@@ -26,6 +26,7 @@ client66.example A 192.0.2.66
 /// A running daemon; killed on drop.
 pub struct Daemon {
     pub dns: mxsentry::testing::dns_server::TestDnsServer,
+    pub metrics_port: u16,
     child: Child,
     pub port: u16,
     pub socket: PathBuf,
@@ -53,6 +54,7 @@ impl Daemon {
         let dns = mxsentry::testing::dns_server::TestDnsServer::start_in_thread(zone).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let metrics_port = free_port();
         let socket = dir.path().join("milter.sock");
         let access_path = dir.path().join("access");
         std::fs::write(&access_path, access).unwrap();
@@ -61,7 +63,7 @@ impl Daemon {
             "[milter]\nlisten = [\"inet:{port}@127.0.0.1\", \"unix:{}\"]\nhostname = \"mx.example.org\"\n\
              idle_timeout = \"20s\"\n{extra}\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n\
              [greylist]\nenabled = false\npath = \"{}\"\n\
-             [sender_rules]\naccess_file = \"{}\"\n[metrics]\nlisten = \"off\"\n",
+             [sender_rules]\naccess_file = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             socket.display(),
             dns.addr,
             dir.path().join("greylist.db").display(),
@@ -81,6 +83,7 @@ impl Daemon {
             .unwrap();
         let d = Daemon {
             dns,
+            metrics_port,
             child,
             port,
             socket,
@@ -118,6 +121,20 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// GET a path from the metrics endpoint; returns (status line, body).
+    pub fn http_get(&self, path: &str) -> (String, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,799 @@
+//! The embedded greylist store: one [redb](https://docs.rs/redb) file on the MX host, behind an
+//! in-memory write-behind overlay with group commit.
+//!
+//! # Design (measured, see `tests::bench_1m` and docs/greylisting.md)
+//!
+//! * **Reads** look in the overlay (changes not yet committed), then in the redb file (a short
+//!   read transaction; redb is MVCC, so reads never wait for a commit in progress).
+//! * **Updates** are applied to the overlay under a per-shard mutex (64 shards), so the new entry
+//!   is visible to the next session at once. No disk I/O happens under a lock: a key that is not
+//!   in the overlay is read from redb on `spawn_blocking` *before* the lock is taken, and a
+//!   per-shard commit generation detects the rare case where a commit finished in between (the
+//!   read is then retried). Updates of one key are therefore atomic with respect to each other.
+//! * **One committer thread** owns every redb write: every `commit_interval` (when something
+//!   changed) it swaps the overlay out and writes it, sorted by key, in *one* write transaction
+//!   with `Durability::Immediate` and quick-repair (so the file is always consistent and opens
+//!   at once after a crash). Readers still see the swapped-out batch until it is committed.
+//!   With `commit_interval = 0` every update waits for the commit that contains it (concurrent
+//!   updates share one commit: group commit), so it is durable before the reply goes out.
+//! * **Purge** runs on the committer thread too: it scans the file in key order and deletes
+//!   expired entries 1,000 per write transaction, running the regular group commit between
+//!   batches, so sessions (which only touch the overlay) never wait for it.
+//!
+//! Why not one redb write transaction per update with `Durability::None` (the obvious design)?
+//! redb allows one writer at a time and copies every touched B-tree page per transaction, and
+//! pages are only freed by a durable commit: at 20,000 updates/s that serialises all sessions
+//! behind one lock and writes ~4 pages per update, and the file grows by hundreds of MB between
+//! durable commits. Batching the second's updates into one sorted transaction touches each
+//! leaf page once. `tests::bench_1m` measures both (numbers in docs/greylisting.md).
+//!
+//! Why redb rather than SQLite: a pure-Rust, crash-safe (copy-on-write, checksummed) B-tree
+//! with MVCC readers and no C dependency; with the overlay the database only sees one large
+//! sorted write per second, which any B-tree handles well.
+//!
+//! # Durability (design.md, "Store durability")
+//! * visible to the next session at once (overlay);
+//! * durable within `commit_interval` plus the duration of the commit in progress (typically
+//!   well under 100 ms); `0` = committed before `update` returns;
+//! * [`GreylistStore::flush`] (SIGTERM, admin commands) and dropping the store commit
+//!   everything: nothing is lost;
+//! * `kill -9` loses at most the updates of the last `commit_interval` (plus the commit in
+//!   flight); redb's copy-on-write commits never leave the file unreadable.
+//!
+//! If a commit fails (disk full, I/O error) the batch goes back into the overlay (newer changes
+//! win) and is retried at the next interval; the error is logged and returned by `flush`.
+//!
+//! redb takes an exclusive lock on the file: a second process (e.g. `mxsentry greylist list`
+//! while the daemon runs) gets a clear "in use" error from [`EmbeddedStore::open`].
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redb::{
+    Database, DatabaseError, Durability, ReadableTableMetadata, StorageError, TableDefinition,
+};
+use tokio::sync::{oneshot, watch};
+
+use super::{Entry, GreylistStore, StoreError, UpdateFn, Write};
+
+/// The one table: key → [`encode`]d entry.
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("greylist_v1");
+
+/// Overlay shards (fewer lock collisions between sessions).
+const SHARDS: usize = 64;
+
+/// redb's page cache. The default (1 GiB) would break the RSS budget; the file's pages also
+/// sit in the kernel's page cache, so a miss here costs a `pread`, not a disk seek.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// Expired keys deleted per purge write transaction.
+const PURGE_BATCH: usize = 1_000;
+
+/// Entries examined per purge read transaction.
+const PURGE_SCAN: usize = 20_000;
+
+/// Entry layout version (first byte of a stored value).
+const FORMAT_V1: u8 = 1;
+
+/// Length of an encoded entry: version byte + 8 + 8 + 4 + 4 + 8.
+pub const ENCODED_LEN: usize = 33;
+
+/// Encodes an entry: version byte 1, then `first_seen`, `last_seen` (u64), `passed`, `blocked`
+/// (u32), `expires` (u64), all little-endian.
+pub fn encode(e: &Entry) -> [u8; ENCODED_LEN] {
+    let mut b = [0u8; ENCODED_LEN];
+    b[0] = FORMAT_V1;
+    b[1..9].copy_from_slice(&e.first_seen.to_le_bytes());
+    b[9..17].copy_from_slice(&e.last_seen.to_le_bytes());
+    b[17..21].copy_from_slice(&e.passed.to_le_bytes());
+    b[21..25].copy_from_slice(&e.blocked.to_le_bytes());
+    b[25..33].copy_from_slice(&e.expires.to_le_bytes());
+    b
+}
+
+/// Decodes what [`encode`] wrote; `None` for another version or length.
+pub fn decode(b: &[u8]) -> Option<Entry> {
+    if b.len() != ENCODED_LEN || b[0] != FORMAT_V1 {
+        return None;
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+    Some(Entry {
+        first_seen: u64_at(1),
+        last_seen: u64_at(9),
+        passed: u32_at(17),
+        blocked: u32_at(21),
+        expires: u64_at(25),
+    })
+}
+
+/// Uncommitted changes: `None` is a deletion.
+type Overlay = HashMap<Box<str>, Option<Entry>>;
+
+#[derive(Default)]
+struct Shard {
+    /// Changes since the last swap.
+    pending: Overlay,
+    /// The batch being committed (empty when none): still visible to readers.
+    committing: Arc<Overlay>,
+    /// Incremented each time a committed batch leaves the overlay (see `read_then_apply`).
+    generation: u64,
+}
+
+impl Shard {
+    /// `Some(entry or None-for-deleted)` when the overlay knows the key.
+    fn lookup(&self, key: &str) -> Option<Option<Entry>> {
+        self.pending
+            .get(key)
+            .or_else(|| self.committing.get(key))
+            .copied()
+    }
+}
+
+/// What the committer has achieved, for `flush` and `commit_interval = 0` waiters.
+#[derive(Debug, Clone, Default)]
+struct CommitState {
+    /// Every write with a sequence number ≤ this is on disk.
+    durable: u64,
+    /// The highest sequence number a failed commit attempt covered.
+    failed: u64,
+    /// The last commit error.
+    error: Option<String>,
+}
+
+#[derive(Default)]
+struct Control {
+    flush: bool,
+    shutdown: bool,
+    /// Drop the overlay without committing (tests: simulates `kill -9`).
+    abandon: bool,
+    purges: Vec<(u64, oneshot::Sender<Result<u64, StoreError>>)>,
+}
+
+struct Shared {
+    db: Database,
+    path: PathBuf,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Writes so far (incremented under the shard lock that holds the write).
+    seq: AtomicU64,
+    commit_interval: Duration,
+    control: Mutex<Control>,
+    wake: Condvar,
+    state: watch::Sender<CommitState>,
+}
+
+/// The embedded (redb) greylist store. Cheap to share behind an `Arc`; dropping it commits
+/// what is pending and stops the committer thread.
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.shared.path)
+            .field("commit_interval", &self.shared.commit_interval)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data (no multi-step
+    // invariants are broken half-way), so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn io_err(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{}: {what}: {e}", path.display()))
+}
+
+/// Maps a redb open error to a message that names the file and says what to do.
+fn open_error(path: &Path, e: DatabaseError) -> StoreError {
+    let p = path.display();
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+            "{p}: in use by another process (is mxsentry already running with this file? \
+             stop it first, or use the Redis store to administer a live greylist)"
+        )),
+        DatabaseError::RepairAborted => {
+            StoreError::Unavailable(format!("{p}: repair of the database was aborted"))
+        }
+        DatabaseError::UpgradeRequired(v) => StoreError::Corrupt(format!(
+            "{p}: written in redb file format {v}, which this version cannot open; \
+             move it away (greylisting starts afresh)"
+        )),
+        DatabaseError::Storage(StorageError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            StoreError::Unavailable(format!(
+                "{p}: not writable ({e}); the file and its directory must be writable by \
+                 the mxsentry user"
+            ))
+        }
+        DatabaseError::Storage(StorageError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            StoreError::Corrupt(format!(
+                "{p}: not a greylist database or corrupt ({e}); move it away (greylisting \
+                 starts afresh)"
+            ))
+        }
+        DatabaseError::Storage(StorageError::Corrupted(m)) => StoreError::Corrupt(format!(
+            "{p}: not a greylist database or corrupt ({m}); move it away (greylisting starts \
+             afresh)"
+        )),
+        DatabaseError::Storage(e) => io_err(path, "cannot create or open", e),
+        e => io_err(path, "cannot create or open", e),
+    }
+}
+
+fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::Corrupted(m) => StoreError::Corrupt(format!("{}: {m}", path.display())),
+        e => io_err(path, "database error", e),
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database at `path` and starts the committer thread. The parent
+    /// directory must exist. Errors name the path and the reason: missing directory, not
+    /// writable, not a redb file or corrupt, in use by another process. A crash (`kill -9`,
+    /// power loss) is not an error: redb recovers the last commit.
+    ///
+    /// `commit_interval`: how often pending updates are committed durably (`0`: before each
+    /// update returns).
+    pub fn open(path: &Path, commit_interval: Duration) -> Result<EmbeddedStore, StoreError> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(StoreError::Unavailable(format!(
+                "{}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+        if path.is_dir() {
+            return Err(StoreError::Unavailable(format!(
+                "{}: is a directory, not a database file",
+                path.display()
+            )));
+        }
+        // redb reports bad files as errors; a panic on some unforeseen byte pattern must not
+        // take the daemon down with a backtrace instead of a message either.
+        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut b = Database::builder();
+            b.set_cache_size(CACHE_BYTES);
+            b.set_repair_callback(|_| {
+                tracing::warn!("greylist database was not closed cleanly: repairing");
+            });
+            b.create(path)
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(open_error(path, e)),
+            Err(_) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: not a greylist database or corrupt (the database library gave up); \
+                     move it away (greylisting starts afresh)",
+                    path.display()
+                )))
+            }
+        };
+        // Create the table (and prove the file is writable) now, not at the first commit.
+        let mut tx = db.begin_write().map_err(|e| db_err(path, e))?;
+        tx.set_durability(Durability::Immediate);
+        tx.set_quick_repair(true);
+        tx.open_table(TABLE).map_err(|e| db_err(path, e))?;
+        tx.commit().map_err(|e| db_err(path, e))?;
+
+        let (state, _) = watch::channel(CommitState::default());
+        let shared = Arc::new(Shared {
+            db,
+            path: path.to_path_buf(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: Default::default(),
+            seq: AtomicU64::new(0),
+            commit_interval,
+            control: Mutex::new(Control::default()),
+            wake: Condvar::new(),
+            state,
+        });
+        let s = shared.clone();
+        let committer = std::thread::Builder::new()
+            .name("greylist-commit".into())
+            .spawn(move || committer(s))
+            .map_err(|e| io_err(path, "cannot start the committer thread", e))?;
+        Ok(EmbeddedStore {
+            shared,
+            committer: Mutex::new(Some(committer)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Stops the committer *without* committing what is pending, like `kill -9` would (tests).
+    #[doc(hidden)]
+    pub fn abandon(self) {
+        lock(&self.shared.control).abandon = true;
+        self.stop();
+    }
+
+    fn stop(&self) {
+        {
+            let mut c = lock(&self.shared.control);
+            c.shutdown = true;
+        }
+        self.shared.wake.notify_all();
+        if let Some(h) = lock(&self.committer).take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Waits until every write numbered ≤ `target` is durable, or a commit covering it failed.
+    async fn wait_durable(&self, target: u64) -> Result<(), StoreError> {
+        let mut rx = self.shared.state.subscribe();
+        let done = |s: &CommitState| s.durable >= target || s.failed >= target;
+        if !done(&rx.borrow()) {
+            {
+                lock(&self.shared.control).flush = true;
+            }
+            self.shared.wake.notify_all();
+        }
+        let state = rx
+            .wait_for(done)
+            .await
+            .map_err(|_| StoreError::Unavailable("greylist committer stopped".into()))?
+            .clone();
+        if state.durable >= target {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "{}: commit failed: {}",
+                self.shared.path.display(),
+                state.error.unwrap_or_default()
+            )))
+        }
+    }
+
+    /// Reads `key` (overlay, else redb) and runs `apply` on the shard with the current value,
+    /// atomically with respect to every other overlay change of the key.
+    async fn read_then_apply<R>(
+        &self,
+        key: &str,
+        mut apply: impl FnMut(&Shared, &mut Shard, Option<Entry>) -> R,
+    ) -> Result<R, StoreError> {
+        let shared = &*self.shared;
+        let shard = shared.shard(key);
+        loop {
+            let generation = {
+                let mut s = lock(shard);
+                if let Some(v) = s.lookup(key) {
+                    return Ok(apply(shared, &mut s, v));
+                }
+                s.generation
+            };
+            let s2 = self.shared.clone();
+            let k = key.to_owned();
+            let stored = tokio::task::spawn_blocking(move || s2.read_db(&k, true))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("store read task: {e}")))??;
+            let mut s = lock(shard);
+            if let Some(v) = s.lookup(key) {
+                // Written meanwhile: the overlay is newer than the file.
+                return Ok(apply(shared, &mut s, v));
+            }
+            if s.generation == generation {
+                // No batch left the overlay since the read: the file still holds that value.
+                return Ok(apply(shared, &mut s, stored));
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// Reads `key` from the file. `lenient`: an undecodable value counts as absent (it is
+    /// then overwritten) instead of an error.
+    fn read_db(&self, key: &str, lenient: bool) -> Result<Option<Entry>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| db_err(&self.path, e))?;
+        let table = tx.open_table(TABLE).map_err(|e| db_err(&self.path, e))?;
+        let Some(v) = table.get(key).map_err(|e| db_err(&self.path, e))? else {
+            return Ok(None);
+        };
+        match decode(v.value()) {
+            Some(e) => Ok(Some(e)),
+            None if lenient => {
+                tracing::warn!(key, "greylist entry undecodable: treated as absent");
+                Ok(None)
+            }
+            None => Err(StoreError::Corrupt(format!(
+                "{}: entry {key:?} is undecodable",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Records a write in the shard's overlay; returns its sequence number.
+    fn write(&self, s: &mut Shard, key: &str, value: Option<Entry>) -> u64 {
+        match s.pending.get_mut(key) {
+            Some(v) => *v = value,
+            None => {
+                s.pending.insert(key.into(), value);
+            }
+        }
+        self.seq.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn in_overlay(&self, key: &str) -> bool {
+        lock(self.shard(key)).lookup(key).is_some()
+    }
+
+    /// Writes the overlay to the file in one durable transaction. Called only by the
+    /// committer thread.
+    fn commit(&self) {
+        let upto = self.seq.load(Ordering::SeqCst);
+        if upto <= self.state.borrow().durable {
+            return;
+        }
+        let mut batches: Vec<(usize, Arc<Overlay>)> = Vec::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mut s = lock(shard);
+            if !s.pending.is_empty() {
+                let batch = Arc::new(std::mem::take(&mut s.pending));
+                s.committing = batch.clone();
+                batches.push((i, batch));
+            }
+        }
+        let started = Instant::now();
+        let count: usize = batches.iter().map(|(_, b)| b.len()).sum();
+        let result = if batches.is_empty() {
+            Ok(())
+        } else {
+            self.write_batches(&batches)
+        };
+        let empty: Arc<Overlay> = Arc::default();
+        for (i, batch) in batches {
+            let mut s = lock(&self.shards[i]);
+            if result.is_err() {
+                for (k, v) in batch.iter() {
+                    s.pending.entry(k.clone()).or_insert(*v);
+                }
+            }
+            s.committing = empty.clone();
+            s.generation += 1;
+        }
+        match result {
+            Ok(()) => {
+                tracing::trace!(
+                    entries = count,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "greylist commit"
+                );
+                self.state.send_modify(|st| {
+                    st.durable = st.durable.max(upto);
+                    st.error = None;
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, entries = count, "greylist commit failed; will retry");
+                self.state.send_modify(|st| {
+                    st.failed = st.failed.max(upto);
+                    st.error = Some(e.to_string());
+                });
+            }
+        }
+    }
+
+    fn write_batches(&self, batches: &[(usize, Arc<Overlay>)]) -> Result<(), StoreError> {
+        let mut all: Vec<(&str, &Option<Entry>)> = batches
+            .iter()
+            .flat_map(|(_, b)| b.iter().map(|(k, v)| (&**k, v)))
+            .collect();
+        // Key order: each leaf page is copied once and the tree is walked sequentially.
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let e = |e| db_err(&self.path, e);
+        let mut tx = self.db.begin_write().map_err(e)?;
+        tx.set_durability(Durability::Immediate);
+        tx.set_quick_repair(true);
+        {
+            let mut table = tx.open_table(TABLE).map_err(|x| db_err(&self.path, x))?;
+            for (k, v) in all {
+                match v {
+                    Some(entry) => {
+                        table
+                            .insert(k, &encode(entry)[..])
+                            .map_err(|x| db_err(&self.path, x))?;
+                    }
+                    None => {
+                        table.remove(k).map_err(|x| db_err(&self.path, x))?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(|x| db_err(&self.path, x))
+    }
+
+    /// Deletes entries expired at `now` in batches, running due group commits in between.
+    fn purge(&self, now: u64, last_commit: &mut Instant) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        let mut cursor: Option<String> = None;
+        loop {
+            let (expired, next) = self.scan_expired(now, cursor.as_deref())?;
+            let doomed: Vec<String> = expired
+                .into_iter()
+                .filter(|k| !self.in_overlay(k))
+                .collect();
+            let last_batch = next.is_none();
+            if !doomed.is_empty() || last_batch {
+                let mut tx = self.db.begin_write().map_err(|e| db_err(&self.path, e))?;
+                if last_batch {
+                    // Makes this and the earlier non-durable purge batches durable.
+                    tx.set_durability(Durability::Immediate);
+                    tx.set_quick_repair(true);
+                } else {
+                    tx.set_durability(Durability::None);
+                }
+                {
+                    let mut table = tx.open_table(TABLE).map_err(|e| db_err(&self.path, e))?;
+                    for k in &doomed {
+                        if table
+                            .remove(k.as_str())
+                            .map_err(|e| db_err(&self.path, e))?
+                            .is_some()
+                        {
+                            total += 1;
+                        }
+                    }
+                }
+                tx.commit().map_err(|e| db_err(&self.path, e))?;
+            }
+            if !self.commit_interval.is_zero() && last_commit.elapsed() >= self.commit_interval
+                || self.commit_interval.is_zero()
+            {
+                self.commit();
+                *last_commit = Instant::now();
+            }
+            match next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(total),
+            }
+        }
+    }
+
+    /// Up to [`PURGE_BATCH`] expired (or undecodable) keys after `cursor`, examining at most
+    /// [`PURGE_SCAN`] entries; and where to go on (`None`: end of table).
+    fn scan_expired(
+        &self,
+        now: u64,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        use std::ops::Bound;
+        let e = |e| db_err(&self.path, e);
+        let tx = self.db.begin_read().map_err(e)?;
+        let table = tx.open_table(TABLE).map_err(|x| db_err(&self.path, x))?;
+        let lower = match cursor {
+            Some(c) => Bound::Excluded(c),
+            None => Bound::Unbounded,
+        };
+        let range = table
+            .range::<&str>((lower, Bound::Unbounded))
+            .map_err(|x| db_err(&self.path, x))?;
+        let mut expired = Vec::new();
+        let mut last = None;
+        for (n, item) in range.enumerate() {
+            let (k, v) = item.map_err(|x| db_err(&self.path, x))?;
+            let key = k.value();
+            if decode(v.value()).is_none_or(|e| e.is_expired(now)) {
+                expired.push(key.to_owned());
+            }
+            if expired.len() >= PURGE_BATCH || n + 1 >= PURGE_SCAN {
+                last = Some(key.to_owned());
+                break;
+            }
+        }
+        Ok((expired, last))
+    }
+}
+
+/// The committer thread: group commits, flush requests, purges, shutdown.
+fn committer(shared: Arc<Shared>) {
+    let interval = shared.commit_interval;
+    let mut last_commit = Instant::now();
+    loop {
+        let (flush, shutdown, abandon, purges) = {
+            let mut c = lock(&shared.control);
+            loop {
+                if c.shutdown || c.flush || !c.purges.is_empty() {
+                    break;
+                }
+                if interval.is_zero() {
+                    c = shared.wake.wait(c).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                let due = last_commit + interval;
+                let now = Instant::now();
+                if now >= due {
+                    break;
+                }
+                c = shared
+                    .wake
+                    .wait_timeout(c, due - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let flush = std::mem::take(&mut c.flush);
+            (flush, c.shutdown, c.abandon, std::mem::take(&mut c.purges))
+        };
+        if abandon {
+            return;
+        }
+        if flush || shutdown || interval.is_zero() || last_commit.elapsed() >= interval {
+            shared.commit();
+            last_commit = Instant::now();
+        }
+        for (now, reply) in purges {
+            let r = shared.purge(now, &mut last_commit);
+            let _ = reply.send(r);
+        }
+        if shutdown {
+            // One more pass for writes that raced the shutdown request.
+            shared.commit();
+            return;
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[async_trait]
+impl GreylistStore for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn update(&self, key: &str, f: &UpdateFn<'_>) -> Result<Option<Entry>, StoreError> {
+        let (old, seq) = self
+            .read_then_apply(key, |shared, s, old| {
+                let seq = match f(old) {
+                    Write::Put(e) => Some(shared.write(s, key, Some(e))),
+                    Write::Delete => Some(shared.write(s, key, None)),
+                    Write::Keep => None,
+                };
+                (old, seq)
+            })
+            .await?;
+        if let (Some(seq), true) = (seq, self.shared.commit_interval.is_zero()) {
+            self.wait_durable(seq).await?;
+        }
+        Ok(old)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        if let Some(v) = lock(self.shared.shard(key)).lookup(key) {
+            return Ok(v);
+        }
+        let s = self.shared.clone();
+        let k = key.to_owned();
+        // A read needs no generation check: it is ordered like any read that ran a moment
+        // earlier or later.
+        tokio::task::spawn_blocking(move || match lock(s.shard(&k)).lookup(&k) {
+            Some(v) => Ok(v),
+            None => s.read_db(&k, false),
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store read task: {e}")))?
+    }
+
+    async fn put(&self, key: &str, entry: Entry) -> Result<(), StoreError> {
+        self.update(key, &|_| Write::Put(entry)).await.map(|_| ())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.update(key, &|_| Write::Delete).await?.is_some())
+    }
+
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Entry)>, StoreError> {
+        let s = self.shared.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            // The overlay first (pending over committing), then the file.
+            let mut overlay: std::collections::BTreeMap<String, Option<Entry>> = Default::default();
+            for shard in s.shards.iter() {
+                let sh = lock(shard);
+                for (k, v) in sh.committing.iter().chain(sh.pending.iter()) {
+                    if k.starts_with(&*prefix) {
+                        overlay.insert(k.to_string(), *v);
+                    }
+                }
+            }
+            let tx = s.db.begin_read().map_err(|e| db_err(&s.path, e))?;
+            let table = tx.open_table(TABLE).map_err(|e| db_err(&s.path, e))?;
+            let mut out: std::collections::BTreeMap<String, Entry> = Default::default();
+            for item in table
+                .range::<&str>(prefix.as_str()..)
+                .map_err(|e| db_err(&s.path, e))?
+            {
+                let (k, v) = item.map_err(|e| db_err(&s.path, e))?;
+                let k = k.value();
+                if !k.starts_with(&*prefix) || out.len() >= limit {
+                    break;
+                }
+                if overlay.contains_key(k) {
+                    continue;
+                }
+                match decode(v.value()) {
+                    Some(e) => {
+                        out.insert(k.to_owned(), e);
+                    }
+                    None => tracing::warn!(key = k, "greylist entry undecodable: not listed"),
+                }
+            }
+            out.extend(overlay.into_iter().filter_map(|(k, v)| Some((k, v?))));
+            Ok(out.into_iter().take(limit).collect())
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store list task: {e}")))?
+    }
+
+    async fn purge(&self, now: u64) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut c = lock(&self.shared.control);
+            if c.shutdown {
+                return Err(StoreError::Unavailable("greylist store is closing".into()));
+            }
+            c.purges.push((now, tx));
+        }
+        self.shared.wake.notify_all();
+        rx.await
+            .map_err(|_| StoreError::Unavailable("greylist committer stopped".into()))?
+    }
+
+    /// Entries in the file (changes of the last `commit_interval` are not counted yet).
+    async fn len(&self) -> Result<u64, StoreError> {
+        let s = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = s.db.begin_read().map_err(|e| db_err(&s.path, e))?;
+            let table = tx.open_table(TABLE).map_err(|e| db_err(&s.path, e))?;
+            table.len().map_err(|e| db_err(&s.path, e))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store len task: {e}")))?
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let target = self.shared.seq.load(Ordering::SeqCst);
+        self.wait_durable(target).await
+    }
+}
+
+#[cfg(test)]
+mod tests;
