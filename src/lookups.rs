@@ -105,8 +105,10 @@ impl<T> Drop for Pending<T> {
 /// What the lookups found, borrowed for the policy.
 #[derive(Default)]
 pub struct DnsResults<'a> {
-    /// None: the lookup did not finish in time (a temporary failure).
+    /// The PTR/FCrDNS result; None when not looked up (loopback clients) or not finished.
     pub rdns: Option<&'a RdnsResult>,
+    /// The PTR/FCrDNS lookup did not finish by the deadline (a temporary failure).
+    pub rdns_missing: bool,
     pub ip_lists: &'a [ZoneResult],
     pub allow_lists: &'a [ZoneResult],
     pub domain_lists: &'a [ZoneResult],
@@ -119,7 +121,9 @@ pub struct DnsResults<'a> {
 pub struct ClientLookups {
     checks: Arc<DnsChecks>,
     started: tokio::time::Instant,
-    rdns: Pending<RdnsResult>,
+    /// None for loopback clients: RFC 6761 resolvers answer `localhost` for every
+    /// 127.0.0.0/8 PTR without asking DNS, so FCrDNS has no meaning there.
+    rdns: Option<Pending<RdnsResult>>,
     ip_lists: Pending<Vec<ZoneResult>>,
     allow_lists: Pending<Vec<ZoneResult>>,
     domain_lists: Option<(String, Pending<Vec<ZoneResult>>)>,
@@ -130,7 +134,8 @@ impl ClientLookups {
     /// Starts the client's lookups (called at CONNECT).
     pub fn start(checks: Arc<DnsChecks>, ip: IpAddr) -> ClientLookups {
         let c = checks.clone();
-        let rdns = Pending::spawn(async move { rdns::lookup(&c.dns, ip, &c.dynamic).await });
+        let rdns = (!is_loopback(ip))
+            .then(|| Pending::spawn(async move { rdns::lookup(&c.dns, ip, &c.dynamic).await }));
         let c = checks.clone();
         let ip_lists = Pending::spawn(async move {
             counted(dnsbl::query_ip(&c.dns, ip, &c.dnsbl.zones, ZoneKind::Ip).await)
@@ -195,7 +200,11 @@ impl ClientLookups {
         let until = self.started + self.checks.deadline;
         let mut incomplete = false;
         // Await each (they run concurrently already; the order does not matter).
-        incomplete |= self.rdns.wait(until).await.is_none();
+        let mut rdns_missing = false;
+        if let Some(p) = &mut self.rdns {
+            rdns_missing = p.wait(until).await.is_none();
+            incomplete |= rdns_missing;
+        }
         incomplete |= self.ip_lists.wait(until).await.is_none();
         incomplete |= self.allow_lists.wait(until).await.is_none();
         if let Some((_, p)) = &mut self.domain_lists {
@@ -205,7 +214,8 @@ impl ClientLookups {
             incomplete |= p.wait(until).await.is_none();
         }
         DnsResults {
-            rdns: done(&self.rdns),
+            rdns: self.rdns.as_ref().and_then(done),
+            rdns_missing,
             ip_lists: done(&self.ip_lists).map_or(&[], |v| v.as_slice()),
             allow_lists: done(&self.allow_lists).map_or(&[], |v| v.as_slice()),
             domain_lists: self
@@ -235,6 +245,15 @@ fn done<T>(p: &Pending<T>) -> Option<&T> {
     match &p.state {
         PendingState::Done(v) => Some(v),
         _ => None,
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 

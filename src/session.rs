@@ -312,9 +312,33 @@ impl Session {
             m.finding(f.check, &f.outcome);
         }
         self.note_verdict(decision.verdict.name());
+        let notable: Vec<String> = decision
+            .findings
+            .iter()
+            .filter(|f| f.is_notable())
+            .map(|f| f.to_string())
+            .collect();
+        let reply = verdict_reply(&decision.verdict);
+        // A refused or discarded recipient never reaches end-of-message (the MTA sends ABORT
+        // after a discard), and after ACCEPT the MTA stops calling us for this message: those
+        // lines are written now. Other accepted recipients are logged with the message at EOM.
+        match &decision.verdict {
+            Verdict::Reject(_) | Verdict::Tempfail(_) | Verdict::Discard | Verdict::Accept => {
+                if matches!(decision.verdict, Verdict::Accept | Verdict::Discard) {
+                    self.message.whole_message = Some(decision.verdict.clone());
+                }
+                self.log_line(
+                    decision.verdict.name(),
+                    decision.verdict.reply().map(|r| r.to_string()),
+                    &rcpt,
+                    &notable.join(","),
+                );
+                return reply;
+            }
+            Verdict::Continue => {}
+        }
         // The log line keeps what is notable; `explain` shows every finding.
-        for f in decision.findings.iter().filter(|f| f.is_notable()) {
-            let f = f.to_string();
+        for f in notable {
             if !self.message.findings.contains(&f) {
                 self.message.findings.push(f);
             }
@@ -330,30 +354,7 @@ impl Session {
                 self.message.tags.push(tag);
             }
         }
-        match &decision.verdict {
-            Verdict::Accept => self.message.whole_message = Some(Verdict::Accept),
-            Verdict::Discard => self.message.whole_message = Some(Verdict::Discard),
-            _ => {}
-        }
-        let reply = verdict_reply(&decision.verdict);
-        // A refused or discarded recipient never reaches end-of-message (the MTA sends ABORT
-        // after a discard), so its line is written now.
-        if decision.verdict.is_blocking() {
-            self.log_line(
-                decision.verdict.name(),
-                decision.verdict.reply().map(|r| r.to_string()),
-                &rcpt,
-                &decision
-                    .findings
-                    .iter()
-                    .filter(|f| f.is_notable())
-                    .map(|f| f.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
-        } else {
-            self.message.accepted.push(rcpt);
-        }
+        self.message.accepted.push(rcpt);
         reply
     }
 

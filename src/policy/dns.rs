@@ -28,6 +28,7 @@ impl Policy {
 
         // PTR / FCrDNS.
         match r.rdns {
+            None if !r.rdns_missing => {}
             None => {
                 findings.push(Finding {
                     check: "rdns",

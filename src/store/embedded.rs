@@ -259,6 +259,16 @@ impl EmbeddedStore {
     /// `commit_interval`: how often pending updates are committed durably (`0`: before each
     /// update returns).
     pub fn open(path: &Path, commit_interval: Duration) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with_cache_size(path, commit_interval, CACHE_BYTES)
+    }
+
+    /// [`EmbeddedStore::open`] with another page cache size than the default 64 MiB (bytes;
+    /// most of the process's memory).
+    pub fn open_with_cache_size(
+        path: &Path,
+        commit_interval: Duration,
+        cache_bytes: usize,
+    ) -> Result<EmbeddedStore, StoreError> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -280,7 +290,7 @@ impl EmbeddedStore {
         // take the daemon down with a backtrace instead of a message either.
         let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let mut b = Database::builder();
-            b.set_cache_size(CACHE_BYTES);
+            b.set_cache_size(cache_bytes);
             b.set_repair_callback(|_| {
                 tracing::warn!("greylist database was not closed cleanly: repairing");
             });
@@ -395,9 +405,13 @@ impl EmbeddedStore {
             };
             let s2 = self.shared.clone();
             let k = key.to_owned();
-            let stored = tokio::task::spawn_blocking(move || s2.read_db(&k, true))
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("store read task: {e}")))??;
+            let stored = if std::env::var_os("MXS_INLINE").is_some() {
+                s2.read_db(&k, true)?
+            } else {
+                tokio::task::spawn_blocking(move || s2.read_db(&k, true))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("store read task: {e}")))??
+            };
             let mut s = lock(shard);
             if let Some(v) = s.lookup(key) {
                 // Written meanwhile: the overlay is newer than the file.
@@ -516,7 +530,11 @@ impl Shared {
         // Key order: each leaf page is copied once and the tree is walked sequentially.
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let e = |e| db_err(&self.path, e);
+        let t0 = std::time::Instant::now();
         let mut tx = self.db.begin_write().map_err(e)?;
+        if std::env::var_os("MXS_DEBUG_COMMIT").is_some() {
+            eprintln!("begin_write {:?}", t0.elapsed());
+        }
         tx.set_durability(Durability::Immediate);
         tx.set_quick_repair(true);
         {
@@ -534,7 +552,17 @@ impl Shared {
                 }
             }
         }
-        tx.commit().map_err(|x| db_err(&self.path, x))
+        let t_ins = std::time::Instant::now();
+        let r = tx.commit().map_err(|x| db_err(&self.path, x));
+        if std::env::var_os("MXS_DEBUG_COMMIT").is_some() {
+            eprintln!(
+                "commit: {} entries, inserts {:?} commit() {:?}",
+                batches.iter().map(|b| b.1.len()).sum::<usize>(),
+                t_ins - t0,
+                t_ins.elapsed()
+            );
+        }
+        r
     }
 
     /// Deletes entries expired at `now` in batches, running due group commits in between.

@@ -56,6 +56,7 @@ pub enum StoreError {
 /// pure function of its input: Redis may call it again when another MX host raced it.
 pub type UpdateFn<'a> = dyn Fn(Option<Entry>) -> Write + Send + Sync + 'a;
 
+#[allow(clippy::len_without_is_empty)] // `len` feeds a gauge; emptiness is never asked
 /// A place to keep greylist entries. Keys are opaque strings built by `checks::greylist`
 /// (`t:<net>|<sender>|<rcpt>` for triplets, `c:<net>` for client autowhitelisting; hashed when
 /// `greylist.hash_keys` is on).
