@@ -13,9 +13,21 @@
 
 E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$E2E_DIR/../.." && pwd)"
+# E2E_PORT_OFFSET=N moves every port by N*100 and the MTAs' resolver to 127.0.0.(153+N), so two
+# runs can share a machine (run.sh picks a free N by itself). Explicit *_PORT variables still win.
+if [ -n "${E2E_PORT_OFFSET:-}" ] && [ "$E2E_PORT_OFFSET" != 0 ]; then
+  _o=$((E2E_PORT_OFFSET * 100))
+  : "${DNS_PORT:=$((5353 + _o))}" "${MILTER_PORT:=$((8891 + _o))}" "${METRICS_PORT:=$((9891 + _o))}"
+  : "${PF_PORT:=$((2525 + _o))}" "${SM_PORT:=$((2526 + _o))}"
+  : "${PF_SINK_PORT:=$((2527 + _o))}" "${SM_SINK_PORT:=$((2528 + _o))}"
+  : "${DNS_RESOLVER_ADDR:=127.0.0.$((153 + E2E_PORT_OFFSET))}"
+fi
 # shellcheck source=../testbed/lib.sh
 . "$REPO_ROOT/tests/testbed/lib.sh"
 TB_DIR="$REPO_ROOT/tests/testbed"
+# the testbed start scripts run as child processes: they must see the same addresses and ports
+export DNS_ADDR DNS_PORT DNS_RESOLVER_ADDR MILTER_ADDR MILTER_PORT MILTER_DEFAULT_ACTION \
+  PF_ADDR PF_PORT PF_SINK_PORT SM_ADDR SM_PORT SM_SINK_PORT SENDMAIL_ROOT
 
 : "${MXSENTRY_BIN:=$REPO_ROOT/target/debug/mxsentry}"
 : "${METRICS_PORT:=9891}"
@@ -112,6 +124,15 @@ authenticated = true
 
 [dns]
 nameservers = ["$DNS_ADDR:$DNS_PORT"]
+
+[[dnsbl.zones]]
+zone = "bl.test"
+
+[[dnsbl.domain_zones]]
+zone = "dbl.test"
+
+[[dnsbl.allow_zones]]
+zone = "wl.test"
 
 [greylist]
 enabled = false

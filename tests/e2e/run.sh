@@ -5,12 +5,24 @@
 #   that mxsentry exits on SIGTERM, stops everything it started (always: trap, even on failure or ^C)
 #   and prints "N passed, M failed" as its last line; exit status 1 on any failure.
 # Needs root and the packages of tests/testbed/install.sh. Knobs: MXSENTRY_BIN, E2E_KEEP=1 (keep the
-# state dir), E2E_SUITES="cli miltertest" (subset), MILTER_PORT/METRICS_PORT/PF_PORT/... (lib.sh).
+# state dir), E2E_SUITES="cli miltertest" (subset), E2E_PORT_OFFSET=N or MILTER_PORT/PF_PORT/... (lib.sh).
 set -uo pipefail
+# Pick a free set of ports first (another test bed may be running on this machine; CI gets 0).
+if [ -z "${E2E_PORT_OFFSET:-}" ]; then
+  for o in 0 1 2 3 4 5 6 7 8 9; do
+    b=$((o * 100)); busy=0
+    for hp in 127.0.0.1:$((5353 + b)) 127.0.0.1:$((8891 + b)) 127.0.0.1:$((9891 + b)) 127.0.0.1:$((2525 + b)) \
+              127.0.0.1:$((2526 + b)) 127.0.0.1:$((2527 + b)) 127.0.0.1:$((2528 + b)) 127.0.0.$((153 + o)):53; do
+      if timeout 1 bash -c "exec 3<>/dev/tcp/${hp%:*}/${hp#*:}" 2>/dev/null; then busy=1; break; fi
+    done
+    [ "$busy" = 0 ] && break
+  done
+  export E2E_PORT_OFFSET="$o"
+fi
 . "$(dirname "$0")/lib.sh"
 T0=$SECONDS
 TOTAL_PASS=0; TOTAL_FAIL=0
-SUITES="${E2E_SUITES:-cli miltertest postfix sendmail}"
+SUITES="${E2E_SUITES:-cli miltertest postfix postfix_dns sendmail}"
 
 fatal() { echo "FAIL - $*"; echo "e2e: aborted"; echo "0 passed, 1 failed"; exit 1; }
 
@@ -43,7 +55,7 @@ on_exit() {
 }
 trap on_exit EXIT
 trap 'echo "# interrupted" >&2; exit 130' INT TERM HUP
-echo "# e2e state dir $D; daemon $MXSENTRY_BIN"
+echo "# e2e state dir $D; daemon $MXSENTRY_BIN; ports: milter $MILTER_PORT, dns $DNS_PORT, postfix $PF_PORT, sendmail $SM_PORT (offset $E2E_PORT_OFFSET)"
 
 # --- start the bed + daemon once for all suites ---
 declare -A UP=()
@@ -61,7 +73,7 @@ needs() {   # needs SUITE -> components it uses
   case "$1" in
     cli) echo "" ;;
     miltertest) echo "dns daemon" ;;
-    postfix) echo "dns daemon postfix" ;;
+    postfix|postfix_dns) echo "dns daemon postfix" ;;
     sendmail) echo "dns daemon sendmail" ;;
   esac
 }
