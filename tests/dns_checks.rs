@@ -258,3 +258,40 @@ fn explain_shows_findings_and_reply() {
     assert!(json.contains("\"verdict\":\"reject\""), "{json}");
     assert!(json.contains("\"check\":\"sender_rules\""), "{json}");
 }
+
+#[test]
+fn slow_dns_costs_one_round_trip_chain_not_the_sum() {
+    // Every answer takes 1 s. The PTR→A chain is 2 s by nature; the three IP lists and the
+    // sender-domain list run beside it, started at CONNECT and MAIL. Sequential lookups would
+    // take 6 s; the bound below (4.5 s) is generous for a slow machine yet fails if they add up.
+    let zone = "\
+10.2.0.192.in-addr.arpa DELAY 1s PTR good.fcrdns.test
+good.fcrdns.test DELAY 1s A 192.0.2.10
+10.2.0.192.bl1.test DELAY 1s A 127.0.0.1
+10.2.0.192.bl2.test DELAY 1s A 127.0.0.1
+10.2.0.192.bl3.test DELAY 1s A 127.0.0.1
+sender.test.dbl.test DELAY 1s A 127.0.0.1
+";
+    let lists = "[dns]\ntimeout = \"3s\"\n\
+        [dnsbl]\nthreshold = 5\n\
+        [[dnsbl.zones]]\nzone = \"bl1.test\"\n[[dnsbl.zones]]\nzone = \"bl2.test\"\n\
+        [[dnsbl.zones]]\nzone = \"bl3.test\"\n[[dnsbl.domain_zones]]\nzone = \"dbl.test\"\n";
+    let d = Daemon::start_with_zone("", lists, zone);
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    let t0 = Instant::now();
+    c.connect("[unverified]", "192.0.2.10");
+    c.helo("mail.good.test");
+    c.mail("a@sender.test");
+    let r = c.rcpt("u@example.org").unwrap();
+    let took = t0.elapsed();
+    assert_eq!(r, Reply::Continue);
+    assert!(
+        took >= Duration::from_millis(1900),
+        "the PTR→A chain really waited: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(4500),
+        "lookups overlapped: {took:?}"
+    );
+}

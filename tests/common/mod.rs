@@ -59,13 +59,22 @@ impl Daemon {
         let access_path = dir.path().join("access");
         std::fs::write(&access_path, access).unwrap();
         let config_path = dir.path().join("milter.toml");
+        // `extra` may bring its own [dns] section: the test server is put into it.
+        let nameservers = format!("[dns]\nnameservers = [\"{}\"]\n", dns.addr);
+        let (extra, dns_section) = if extra.contains("[dns]\n") {
+            (extra.replace("[dns]\n", &nameservers), String::new())
+        } else {
+            (
+                extra.to_string(),
+                format!("{nameservers}timeout = \"2s\"\n"),
+            )
+        };
         let config = format!(
             "[milter]\nlisten = [\"inet:{port}@127.0.0.1\", \"unix:{}\"]\nhostname = \"mx.example.org\"\n\
-             idle_timeout = \"20s\"\n{extra}\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n\
+             idle_timeout = \"20s\"\n{extra}\n{dns_section}\
              [greylist]\nenabled = false\npath = \"{}\"\n\
              [sender_rules]\naccess_file = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             socket.display(),
-            dns.addr,
             dir.path().join("greylist.db").display(),
             access_path.display()
         );
