@@ -115,6 +115,8 @@ struct Message {
     /// Dry-run notes for the tag header, e.g. `would-reject sender_rules=...`.
     tags: Vec<String>,
     findings: Vec<String>,
+    /// The longest the policy held a recipient's answer (waiting for DNS), for `delay_ms`.
+    delay_ms: u64,
 }
 
 /// One MTA connection's milter session.
@@ -292,10 +294,15 @@ impl Session {
             recipient: &rcpt,
             authenticated,
         };
+        let asked = Instant::now();
         let decision = self
             .policy
             .decide_recipient(&env, self.lookups.as_mut())
             .await;
+        self.message.delay_ms = self
+            .message
+            .delay_ms
+            .max(asked.elapsed().as_millis() as u64);
         self.record(&decision, rcpt)
     }
 
@@ -423,7 +430,7 @@ impl Session {
             verdict,
             reply: reply.as_deref().unwrap_or(""),
             findings,
-            delay_ms: self.started.elapsed().as_millis() as u64,
+            delay_ms: self.message.delay_ms,
         });
     }
 

@@ -14,7 +14,20 @@
 E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$E2E_DIR/../.." && pwd)"
 # E2E_PORT_OFFSET=N moves every port by N*100 and the MTAs' resolver to 127.0.0.(153+N), so two
-# runs can share a machine (run.sh picks a free N by itself). Explicit *_PORT variables still win.
+# runs can share a machine. Unset, the first N whose ports are all free is used (0 on CI) -- by
+# run.sh or a suite run alone; suites run by run.sh inherit its N. Explicit *_PORT variables win.
+if [ -z "${E2E_PORT_OFFSET:-}" ]; then
+  for _n in 0 1 2 3 4 5 6 7 8 9; do
+    _b=$((_n * 100)); _busy=0
+    for _hp in 127.0.0.1:$((5353 + _b)) 127.0.0.1:$((8891 + _b)) 127.0.0.1:$((9891 + _b)) \
+               127.0.0.1:$((2525 + _b)) 127.0.0.1:$((2526 + _b)) 127.0.0.1:$((2527 + _b)) \
+               127.0.0.1:$((2528 + _b)) 127.0.0.$((153 + _n)):53; do
+      if timeout 1 bash -c "exec 3<>/dev/tcp/${_hp%:*}/${_hp#*:}" 2>/dev/null; then _busy=1; break; fi
+    done
+    [ "$_busy" = 0 ] && break
+  done
+  export E2E_PORT_OFFSET="$_n"
+fi
 if [ -n "${E2E_PORT_OFFSET:-}" ] && [ "$E2E_PORT_OFFSET" != 0 ]; then
   _o=$((E2E_PORT_OFFSET * 100))
   : "${DNS_PORT:=$((5353 + _o))}" "${MILTER_PORT:=$((8891 + _o))}" "${METRICS_PORT:=$((9891 + _o))}"

@@ -7,19 +7,7 @@
 # Needs root and the packages of tests/testbed/install.sh. Knobs: MXSENTRY_BIN, E2E_KEEP=1 (keep the
 # state dir), E2E_SUITES="cli miltertest" (subset), E2E_PORT_OFFSET=N or MILTER_PORT/PF_PORT/... (lib.sh).
 set -uo pipefail
-# Pick a free set of ports first (another test bed may be running on this machine; CI gets 0).
-if [ -z "${E2E_PORT_OFFSET:-}" ]; then
-  for o in 0 1 2 3 4 5 6 7 8 9; do
-    b=$((o * 100)); busy=0
-    for hp in 127.0.0.1:$((5353 + b)) 127.0.0.1:$((8891 + b)) 127.0.0.1:$((9891 + b)) 127.0.0.1:$((2525 + b)) \
-              127.0.0.1:$((2526 + b)) 127.0.0.1:$((2527 + b)) 127.0.0.1:$((2528 + b)) 127.0.0.$((153 + o)):53; do
-      if timeout 1 bash -c "exec 3<>/dev/tcp/${hp%:*}/${hp#*:}" 2>/dev/null; then busy=1; break; fi
-    done
-    [ "$busy" = 0 ] && break
-  done
-  export E2E_PORT_OFFSET="$o"
-fi
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib.sh"      # (picks a free port set: E2E_PORT_OFFSET)
 T0=$SECONDS
 TOTAL_PASS=0; TOTAL_FAIL=0
 SUITES="${E2E_SUITES:-cli miltertest postfix postfix_dns sendmail}"
