@@ -3,6 +3,8 @@
 //! Key order is fixed (`queue_id client_ip client_name helo from rcpt verdict reply findings
 //! delay_ms`) so admins can grep and parse it the way they parse Postfix's log.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -22,8 +24,29 @@ pub struct DecisionLine<'a> {
     pub delay_ms: u64,
 }
 
+/// Set when the JSON formatter is installed: JSON quotes every string itself, the text format
+/// needs `reply` and `findings` quoted (they contain spaces).
+static JSON: AtomicBool = AtomicBool::new(false);
+
 /// Emits the line at INFO under the `mxsentry::decision` target.
 pub fn emit(line: &DecisionLine<'_>) {
+    if JSON.load(Ordering::Relaxed) {
+        tracing::info!(
+            target: "mxsentry::decision",
+            queue_id = %line.queue_id,
+            client_ip = %line.client_ip,
+            client_name = %line.client_name,
+            helo = %line.helo,
+            from = %format_args!("<{}>", line.from),
+            rcpt = %format_args!("<{}>", line.rcpt),
+            verdict = %line.verdict,
+            reply = %line.reply,
+            findings = %line.findings,
+            delay_ms = line.delay_ms,
+            "decision"
+        );
+        return;
+    }
     tracing::info!(
         target: "mxsentry::decision",
         queue_id = %line.queue_id,
@@ -50,7 +73,10 @@ pub fn init(config: &LogConfig) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(true);
     let result = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => {
+            JSON.store(true, Ordering::Relaxed);
+            builder.json().flatten_event(true).try_init()
+        }
         LogFormat::Text => builder.try_init(),
     };
     // A second init (tests) is harmless.

@@ -132,6 +132,19 @@ impl Daemon {
         }
     }
 
+    /// Waits until the log contains `needle` at least `n` times.
+    pub fn wait_log_count(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "log never had {n}x {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// GET a path from the metrics endpoint; returns (status line, body).
     pub fn http_get(&self, path: &str) -> (String, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
