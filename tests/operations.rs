@@ -94,3 +94,50 @@ fn json_decision_lines_carry_the_stable_keys() {
         assert!(line.contains(key), "{key} missing: {line}");
     }
 }
+
+#[test]
+fn systemd_socket_activation_serves_the_passed_socket() {
+    // Plays systemd: binds the listening socket, passes it as fd 3 with LISTEN_FDS/LISTEN_PID
+    // set for the daemon's own pid (python exec's the daemon, so the pid is kept).
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = dir.path().join("milter.toml");
+    std::fs::write(
+        &config,
+        "[milter]\nlisten = \"inet:1@127.0.0.1\"\n[trusted]\nnetworks = []\n\
+         [rdns]\nno_ptr = \"off\"\nforged = \"off\"\ndynamic = \"off\"\n[metrics]\nlisten = \"off\"\n",
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "import os, socket\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen(16)\n\
+         os.dup2(s.fileno(), 3); os.set_inheritable(3, True)\n\
+         os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_PID'] = str(os.getpid())\n\
+         os.execv({bin:?}, [{bin:?}, 'run', '--config', {config:?}])\n",
+        bin = env!("CARGO_BIN_EXE_mxsentry"),
+        config = config.to_str().unwrap(),
+    );
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("mxsentry started") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no start: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(text.contains(&format!("inet:{port}@127.0.0.1")), "{text}");
+    assert!(text.contains("socket_activated=true"), "{text}");
+    let mut c = Client::tcp(port);
+    assert!(matches!(c.negotiate(), Reply::OptNeg { .. }));
+    let _ = child.kill();
+    let _ = child.wait();
+}

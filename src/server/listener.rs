@@ -15,6 +15,70 @@ pub enum Listener {
     Unix(UnixListener, std::path::PathBuf),
 }
 
+/// Listening sockets passed by systemd socket activation (`LISTEN_FDS`/`LISTEN_PID`, fds from 3
+/// on), if this process is their recipient. They replace `milter.listen`.
+pub fn from_systemd() -> Result<Option<Vec<Listener>>, String> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let (Ok(pid), Ok(count)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
+        return Ok(None);
+    };
+    if pid.trim() != std::process::id().to_string() {
+        return Ok(None);
+    }
+    let count: i32 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad LISTEN_FDS `{count}`"))?;
+    // The fds must not leak into anything we might start later.
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    let mut out = Vec::new();
+    for fd in 3..3 + count {
+        // Taking over a closed fd would abort at drop (I/O safety): check it first.
+        if !Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+            return Err(format!("LISTEN_FDS says fd {fd} is passed, but it is not open"));
+        }
+        // SAFETY: systemd hands these fds to this process (LISTEN_PID checked above); each is
+        // taken over exactly once.
+        let tcp = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        if let Ok(addr) = tcp.local_addr() {
+            tcp.set_nonblocking(true)
+                .map_err(|e| format!("socket-activated fd {fd} ({addr}): {e}"))?;
+            let l = TcpListener::from_std(tcp)
+                .map_err(|e| format!("socket-activated fd {fd} ({addr}): {e}"))?;
+            out.push(Listener::Tcp(l));
+            continue;
+        }
+        let raw = tcp.into_raw_fd();
+        // SAFETY: the same fd, now known not to be an inet socket.
+        let unix = unsafe { std::os::unix::net::UnixListener::from_raw_fd(raw) };
+        let path = unix
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+            .ok_or_else(|| format!("socket-activated fd {fd} is neither inet nor a unix path socket"))?;
+        unix.set_nonblocking(true)
+            .map_err(|e| format!("socket-activated fd {fd}: {e}"))?;
+        let l = UnixListener::from_std(unix).map_err(|e| format!("socket-activated fd {fd}: {e}"))?;
+        out.push(Listener::Unix(l, path));
+    }
+    Ok(Some(out))
+}
+
+impl Listener {
+    /// The address in milter form, for the startup log line.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| ListenSpec::Inet(a).to_string())
+                .unwrap_or_else(|_| "inet:?".into()),
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
 /// Binds one listener; errors name the address.
 pub async fn bind(spec: &ListenSpec, milter: &MilterConfig) -> Result<Listener, String> {
     match spec {

@@ -68,21 +68,26 @@ impl Server {
 
     /// Binds every listener, serves until SIGTERM/SIGINT, then drains.
     pub async fn run(self) -> Result<(), String> {
-        let mut listeners = Vec::new();
-        for spec in &self.config.milter.listen {
-            listeners.push(listener::bind(spec, &self.config.milter).await?);
-        }
+        let activated = listener::from_systemd()?;
+        let socket_activated = activated.is_some();
+        let listeners = match activated {
+            Some(l) => l,
+            None => {
+                let mut listeners = Vec::new();
+                for spec in &self.config.milter.listen {
+                    listeners.push(listener::bind(spec, &self.config.milter).await?);
+                }
+                listeners
+            }
+        };
         let metrics_listener = match self.config.metrics.listen {
             Some(addr) => Some(metrics::bind(addr).await.map_err(|e| e.to_string())?),
             None => None,
         };
         metrics().config_loaded();
-        let listen_list = self
-            .config
-            .milter
-            .listen
+        let listen_list = listeners
             .iter()
-            .map(|l| l.to_string())
+            .map(Listener::describe)
             .collect::<Vec<_>>()
             .join(" ");
         let (access, regex) = self.policy.current().rule_counts();
@@ -90,6 +95,7 @@ impl Server {
             version = env!("CARGO_PKG_VERSION"),
             config = %self.config_path.display(),
             listen = %listen_list,
+            socket_activated,
             mode = ?self.config.milter.mode,
             access_rules = access,
             regex_rules = regex,
@@ -137,9 +143,11 @@ impl Server {
                 "sessions still open after {SHUTDOWN_GRACE:?}; exiting anyway"
             ),
         }
-        for spec in &self.config.milter.listen {
-            if let crate::config::ListenSpec::Unix(path) = spec {
-                let _ = std::fs::remove_file(path);
+        if !socket_activated {
+            for spec in &self.config.milter.listen {
+                if let crate::config::ListenSpec::Unix(path) = spec {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
         Ok(())
