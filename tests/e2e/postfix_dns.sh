@@ -84,6 +84,32 @@ check "explain: listed IP -> reject 550" grep -q "verdict: reject  reply: 550 5.
 out="$("$MXSENTRY_BIN" explain --config "$CONF" --client-ip 192.0.2.10 --helo localhost --from a@sender.good.test --rcpt u@example.org 2>&1)"
 check "explain: bogus HELO -> reject" grep -q "verdict: reject  reply: 550 5.7.1 Access denied - bogus HELO localhost" <<<"$out"
 
+# --- /metrics after these real sessions: parsed whole by the reference parser, counters moved ---
+cat > "$D/metrics_check.py" <<'PY'
+import sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+body = urllib.request.urlopen(sys.argv[1], timeout=20).read().decode()
+samples = {}
+for fam in text_string_to_metric_families(body):          # raises on any malformed line
+    for s in fam.samples:
+        samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+def get(name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0)
+checks = {
+    "recipients rejected >= 4": get("mxsentry_recipients_total", verdict="reject") >= 4,
+    "recipients tempfailed >= 3": get("mxsentry_recipients_total", verdict="tempfail") >= 3,
+    "dnsbl listed finding": get("mxsentry_findings_total", check="dnsbl", outcome="listed") >= 2,
+    "rdns forged finding": get("mxsentry_findings_total", check="rdns", outcome="forged") >= 1,
+    "bl.test refusal counted": get("mxsentry_dnsbl_refusals_total", zone="bl.test") >= 1,
+    "dns query histogram": get("mxsentry_dns_query_duration_seconds_count", kind="ptr") >= 5,
+}
+bad = [k for k, v in checks.items() if not v]
+print("families parsed:", len({n for n, _ in samples}), "failed:", bad)
+sys.exit(1 if bad else 0)
+PY
+out="$("$SYS_PY" "$D/metrics_check.py" "http://127.0.0.1:$METRICS_PORT/metrics" 2>&1)"
+check "metrics: whole /metrics parses (prometheus_client) and counters moved ($out)" grep -q "failed: \[\]" <<<"$out"
+
 # --- dry-run: switch the running daemon by SIGHUP, never refuse, tag the delivered message ---
 pid="$(head -n1 "$(mx_dir)/pid")"
 sed -i 's/^mode = .*//; s/^\[milter\]$/[milter]\nmode = "dry-run"/' "$CONF"
