@@ -7,7 +7,10 @@
 #   4. cargo test --locked
 #   5. bash tests/e2e/run.sh   (real Postfix, sendmail, miltertest, DNS on loopback; needs root and
 #      the packages of tests/testbed/install.sh -- .ci/run installs them)
-# Knobs: SKIP_LINT=1 skips 1+2, SKIP_E2E=1 skips 5 (e.g. on a machine without the test bed).
+#   6. bash tests/package.sh   (builds the .deb with cargo-deb, installs it, checks the installed
+#      check-config and the unit; needs root)
+# Knobs: SKIP_LINT=1 skips 1+2, SKIP_E2E=1 skips 5 (e.g. on a machine without the test bed),
+# SKIP_PACKAGE=1 skips 6.
 # The last line printed is the e2e total, "N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +37,9 @@ cargo test --locked || die "cargo test failed"
 if [ "${SKIP_E2E:-0}" != 1 ]; then
   step "end-to-end tests (tests/e2e/run.sh)"
   bash tests/e2e/run.sh || die "end-to-end tests failed (see FAIL lines above)"
+fi
+
+if [ "${SKIP_PACKAGE:-0}" != 1 ]; then
+  step "Debian package (tests/package.sh)"
+  bash tests/package.sh || die "the Debian package checks failed (see FAIL lines above)"
 fi
