@@ -115,6 +115,8 @@ struct Message {
     /// Dry-run notes for the tag header, e.g. `would-reject sender_rules=...`.
     tags: Vec<String>,
     findings: Vec<String>,
+    /// Headers to add at end of message (`X-Greylist`), once each.
+    headers: Vec<(String, String)>,
     /// The longest the policy held a recipient's answer (waiting for DNS), for `delay_ms`.
     delay_ms: u64,
 }
@@ -330,7 +332,11 @@ impl Session {
         // after a discard), and after ACCEPT the MTA stops calling us for this message: those
         // lines are written now. Other accepted recipients are logged with the message at EOM.
         match &decision.verdict {
-            Verdict::Reject(_) | Verdict::Tempfail(_) | Verdict::Discard | Verdict::Accept => {
+            Verdict::Reject(_)
+            | Verdict::Tempfail(_)
+            | Verdict::Greylist(_)
+            | Verdict::Discard
+            | Verdict::Accept => {
                 if matches!(decision.verdict, Verdict::Accept | Verdict::Discard) {
                     self.message.whole_message = Some(decision.verdict.clone());
                 }
@@ -348,6 +354,11 @@ impl Session {
         for f in notable {
             if !self.message.findings.contains(&f) {
                 self.message.findings.push(f);
+            }
+        }
+        for h in &decision.headers {
+            if !self.message.headers.iter().any(|(n, _)| *n == h.0) {
+                self.message.headers.push(h.clone());
             }
         }
         for t in &decision.tags {
@@ -394,17 +405,26 @@ impl Session {
             return Reply::Discard; // already logged at RCPT
         }
         metrics().message_verdict("accept");
-        if !self.message.tags.is_empty() {
-            let can_add = self
-                .negotiated
-                .as_ref()
-                .is_some_and(|n| n.actions & flags::SMFIF_ADDHDRS != 0);
-            if can_add {
+        let can_add = self
+            .negotiated
+            .as_ref()
+            .is_some_and(|n| n.actions & flags::SMFIF_ADDHDRS != 0);
+        if can_add {
+            if !self.message.tags.is_empty() {
                 let value = self.message.tags.join("; ");
                 encode_reply(
                     &Reply::AddHeader {
                         name: Bytes::copy_from_slice(self.policy.tag_header().as_bytes()),
                         value: Bytes::from(value),
+                    },
+                    out,
+                );
+            }
+            for (name, value) in &self.message.headers {
+                encode_reply(
+                    &Reply::AddHeader {
+                        name: Bytes::copy_from_slice(name.as_bytes()),
+                        value: Bytes::copy_from_slice(value.as_bytes()),
                     },
                     out,
                 );
@@ -470,7 +490,7 @@ fn verdict_reply(v: &Verdict) -> Reply {
         Verdict::Continue => Reply::Continue,
         Verdict::Accept => Reply::Accept,
         Verdict::Discard => Reply::Discard,
-        Verdict::Reject(r) | Verdict::Tempfail(r) => Reply::ReplyCode {
+        Verdict::Reject(r) | Verdict::Tempfail(r) | Verdict::Greylist(r) => Reply::ReplyCode {
             text: Bytes::from(r.to_string()),
         },
     }

@@ -51,12 +51,18 @@ fn reload_under_load_never_fails_a_session() {
         std::fs::write(&access, &good).unwrap();
         d.signal("HUP");
         d.wait_log_count("configuration reloaded", round + 1);
-        assert!(rejects(&d, &format!("a@new{round}.example")), "round {round}: new rule active");
+        assert!(
+            rejects(&d, &format!("a@new{round}.example")),
+            "round {round}: new rule active"
+        );
         // a broken file is refused and the rules of this round stay
         std::fs::write(&access, "From:x.example FROBNICATE\n").unwrap();
         d.signal("HUP");
         d.wait_log_count("reload failed", round + 1);
-        assert!(rejects(&d, &format!("a@new{round}.example")), "round {round}: old rules kept");
+        assert!(
+            rejects(&d, &format!("a@new{round}.example")),
+            "round {round}: old rules kept"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {

@@ -24,6 +24,7 @@ impl Policy {
         let allowed = dnsbl::allow_listed(r.allow_lists);
         if let Some(z) = allowed {
             findings.extend(z.findings());
+            outcome.allow_listed = true;
         }
 
         // PTR / FCrDNS.
@@ -41,6 +42,7 @@ impl Policy {
             }
             Some(res) => {
                 findings.extend(res.findings());
+                outcome.verified_name = res.verified_name.clone();
                 let name = res.judged_name().unwrap_or("unknown");
                 let vars = |t: &str| t.replace("{client_ip}", &ip).replace("{client_name}", name);
                 match res.outcome {

@@ -20,18 +20,20 @@ mod outcome;
 mod tests;
 
 pub use needs::needs_for;
-use outcome::{default_reply, render_helo, Outcome};
+use outcome::{default_reply, parse_reply, render_helo, Outcome};
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::checks::greylist::Greylister;
 use crate::checks::helo;
 use crate::checks::sender_rules::{AccessTable, Action, RegexRule, SenderRules, SmtpReply};
 pub use crate::checks::Finding;
 use crate::config::{Action as FindingAction, Config, Mode, TrustedConfig};
 use crate::lookups::{ClientLookups, DnsChecks};
 use crate::protocol::negotiate::Needs;
+use crate::store::GreylistStore;
 
 /// Reply for a plain `REJECT` rule, as sendmail admins know it.
 pub const DEFAULT_REJECT_REPLY: &str = "550 5.7.1 Access denied";
@@ -47,6 +49,8 @@ pub enum Verdict {
     Accept,
     Reject(SmtpReply),
     Tempfail(SmtpReply),
+    /// A 4xx from greylisting (unknown triplet, or retried too early).
+    Greylist(SmtpReply),
     /// Accept and silently drop the message.
     Discard,
 }
@@ -58,6 +62,7 @@ impl Verdict {
             Verdict::Continue | Verdict::Accept => "accept",
             Verdict::Reject(_) => "reject",
             Verdict::Tempfail(_) => "tempfail",
+            Verdict::Greylist(_) => "greylist",
             Verdict::Discard => "discard",
         }
     }
@@ -65,7 +70,7 @@ impl Verdict {
     /// The SMTP reply text the client sees, when the verdict carries one.
     pub fn reply(&self) -> Option<&SmtpReply> {
         match self {
-            Verdict::Reject(r) | Verdict::Tempfail(r) => Some(r),
+            Verdict::Reject(r) | Verdict::Tempfail(r) | Verdict::Greylist(r) => Some(r),
             _ => None,
         }
     }
@@ -74,7 +79,7 @@ impl Verdict {
     pub fn is_blocking(&self) -> bool {
         matches!(
             self,
-            Verdict::Reject(_) | Verdict::Tempfail(_) | Verdict::Discard
+            Verdict::Reject(_) | Verdict::Tempfail(_) | Verdict::Greylist(_) | Verdict::Discard
         )
     }
 }
@@ -91,6 +96,8 @@ pub struct Decision {
     pub tags: Vec<String>,
     /// A finding asked for greylisting (step 6).
     pub greylist: bool,
+    /// Headers to add to the message at end of message (`X-Greylist`).
+    pub headers: Vec<(String, String)>,
     /// What decided, as `check=what` (`dnsbl=zen.example`, `sender_rules=access:3 ...`); empty
     /// when nothing did. Used in dry-run tags.
     pub cause: String,
@@ -121,6 +128,8 @@ pub struct Policy {
     rules: SenderRules,
     dns: Arc<DnsChecks>,
     needs: Arc<Needs>,
+    /// Step 6; None where no store is open (`check-config`, `explain`).
+    greylister: Option<Arc<Greylister>>,
 }
 
 impl Policy {
@@ -148,6 +157,7 @@ impl Policy {
             config: config.clone(),
             dns: Arc::new(DnsChecks::from_config(config)?),
             needs: Arc::new(needs_for(config)),
+            greylister: None,
             trusted: config.trusted.clone(),
             exempt_recipients: config
                 .milter
@@ -164,6 +174,17 @@ impl Policy {
     /// Number of access-file entries and regex rules loaded (for the startup/reload log line).
     pub fn rule_counts(&self) -> (usize, usize) {
         (self.rules.access.len(), self.rules.regex.len())
+    }
+
+    /// Attaches the greylist store (kept across reloads by the server) with this policy's rules.
+    pub fn with_greylist_store(mut self, store: Arc<dyn GreylistStore>) -> Policy {
+        self.greylister = Some(Arc::new(Greylister::new(store, &self.config.greylist)));
+        self
+    }
+
+    /// The greylister, when a store is attached.
+    pub fn greylister(&self) -> Option<&Arc<Greylister>> {
+        self.greylister.as_ref()
     }
 
     /// The configuration this policy was built from.
@@ -335,14 +356,46 @@ impl Policy {
             self.dns_findings(env, &results, &mut findings, &mut outcome);
         }
 
-        // 6–7. Greylisting is selected by findings; otherwise the strongest action wins.
+        // 6. Greylisting: for everyone (`greylist.enabled`) or for clients a finding selected;
+        //    never for a client an allow list vouches for (step 4).
         let greylist = outcome.greylist;
         let tags = std::mem::take(&mut outcome.tags);
-        let verdict = outcome.verdict();
-        let cause = outcome.cause();
+        let mut verdict = outcome.verdict();
+        let mut cause = outcome.cause();
+        let mut headers = Vec::new();
+        let wanted = (self.config.greylist.enabled || greylist) && !outcome.allow_listed;
+        if verdict == Verdict::Continue && wanted {
+            if let (Some(g), Some(ip)) = (&self.greylister, env.client_ip) {
+                let now = crate::checks::greylist::unix_now();
+                let r = g
+                    .check(
+                        ip,
+                        outcome.verified_name.as_deref(),
+                        env.sender,
+                        env.recipient,
+                        now,
+                    )
+                    .await;
+                findings.push(r.finding());
+                if let Some(text) = r.reply(&self.config.greylist) {
+                    verdict = Verdict::Greylist(parse_reply(&text).with_class(4));
+                    cause = format!("greylist={}", r.outcome.as_str());
+                }
+                headers.extend(r.header(env!("CARGO_PKG_VERSION"), now));
+            } else {
+                findings.push(Finding {
+                    check: "greylist",
+                    outcome: "not_checked".into(),
+                    detail: "greylisting applies, but no store is open here (explain)".into(),
+                });
+            }
+        }
+
+        // 7. Otherwise the strongest action wins.
         let mut d = self.finish(verdict, findings, cause);
         d.tags = tags;
         d.greylist = greylist;
+        d.headers = headers;
         d
     }
 
@@ -355,6 +408,7 @@ impl Policy {
                 findings,
                 tags: Vec::new(),
                 greylist: false,
+                headers: Vec::new(),
                 cause,
             }
         } else {
@@ -364,6 +418,7 @@ impl Policy {
                 findings,
                 tags: Vec::new(),
                 greylist: false,
+                headers: Vec::new(),
                 cause,
             }
         }

@@ -15,6 +15,10 @@ pub(super) struct Outcome {
     /// (strength, action, reply) of the strongest blocking action so far.
     pub(super) blocking: Option<(u8, FindingAction, SmtpReply, String)>,
     pub(super) greylist: bool,
+    /// An allow list (DNSWL) vouches for the client: no IP lists, no greylisting.
+    pub(super) allow_listed: bool,
+    /// The client's FCrDNS-verified name (greylist pools).
+    pub(super) verified_name: Option<String>,
     /// A finding asked to hold the banner (`delay`, acted on at CONNECT).
     pub(super) delay: bool,
     pub(super) tags: Vec<String>,

@@ -37,7 +37,9 @@ pub fn from_systemd() -> Result<Option<Vec<Listener>>, String> {
     for fd in 3..3 + count {
         // Taking over a closed fd would abort at drop (I/O safety): check it first.
         if !Path::new(&format!("/proc/self/fd/{fd}")).exists() {
-            return Err(format!("LISTEN_FDS says fd {fd} is passed, but it is not open"));
+            return Err(format!(
+                "LISTEN_FDS says fd {fd} is passed, but it is not open"
+            ));
         }
         // SAFETY: systemd hands these fds to this process (LISTEN_PID checked above); each is
         // taken over exactly once.
@@ -57,10 +59,13 @@ pub fn from_systemd() -> Result<Option<Vec<Listener>>, String> {
             .local_addr()
             .ok()
             .and_then(|a| a.as_pathname().map(Path::to_path_buf))
-            .ok_or_else(|| format!("socket-activated fd {fd} is neither inet nor a unix path socket"))?;
+            .ok_or_else(|| {
+                format!("socket-activated fd {fd} is neither inet nor a unix path socket")
+            })?;
         unix.set_nonblocking(true)
             .map_err(|e| format!("socket-activated fd {fd}: {e}"))?;
-        let l = UnixListener::from_std(unix).map_err(|e| format!("socket-activated fd {fd}: {e}"))?;
+        let l =
+            UnixListener::from_std(unix).map_err(|e| format!("socket-activated fd {fd}: {e}"))?;
         out.push(Listener::Unix(l, path));
     }
     Ok(Some(out))

@@ -14,31 +14,64 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
+use crate::checks::greylist::{purge_task, Greylister};
 use crate::config::Config;
 use crate::metrics::{self, metrics};
 use crate::policy::{self, Policy};
 use crate::session::{PolicySource, Session};
+use crate::store::GreylistStore;
 use connection::Limits;
 use listener::Listener;
+
+/// How often expired greylist entries are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// How long SIGTERM waits for sessions in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
-/// The policy in force, swapped as a whole on reload.
+/// The policy in force, swapped as a whole on reload, and the greylist store every policy
+/// shares (a store is opened once: reloads keep it).
 pub struct SharedPolicy {
     current: RwLock<Arc<Policy>>,
+    store: Option<Arc<dyn GreylistStore>>,
 }
 
 impl SharedPolicy {
-    pub fn new(policy: Policy) -> SharedPolicy {
+    pub fn new(policy: Policy, store: Option<Arc<dyn GreylistStore>>) -> SharedPolicy {
+        let policy = attach(policy, &store);
         SharedPolicy {
             current: RwLock::new(Arc::new(policy)),
+            store,
         }
     }
 
     pub fn replace(&self, policy: Policy) {
+        let policy = attach(policy, &self.store);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
+}
+
+fn attach(policy: Policy, store: &Option<Arc<dyn GreylistStore>>) -> Policy {
+    match store {
+        Some(s) => policy.with_greylist_store(s.clone()),
+        None => policy,
+    }
+}
+
+/// Whether the configuration can greylist at all (for everyone, or selected by a finding).
+fn uses_greylisting(config: &Config) -> bool {
+    use crate::config::Action::Greylist;
+    let c = config;
+    c.greylist.enabled
+        || [
+            c.helo.action,
+            c.rdns.no_ptr,
+            c.rdns.forged,
+            c.rdns.dynamic,
+            c.dnsbl.action,
+            c.dnsbl.below_threshold,
+        ]
+        .contains(&Greylist)
 }
 
 impl PolicySource for SharedPolicy {
@@ -54,7 +87,7 @@ impl PolicySource for SharedPolicy {
 pub struct Server {
     config_path: PathBuf,
     config: Config,
-    policy: Arc<SharedPolicy>,
+    policy: Policy,
 }
 
 impl Server {
@@ -62,12 +95,20 @@ impl Server {
         Server {
             config_path,
             config,
-            policy: Arc::new(SharedPolicy::new(policy)),
+            policy,
         }
     }
 
     /// Binds every listener, serves until SIGTERM/SIGINT, then drains.
     pub async fn run(self) -> Result<(), String> {
+        // The greylist store first: a corrupt or unwritable file stops the start with its reason.
+        let greylister = if uses_greylisting(&self.config) {
+            Some(Greylister::open(&self.config.greylist).await?)
+        } else {
+            None
+        };
+        let store = greylister.as_ref().map(|g| g.store().clone());
+        let policy = Arc::new(SharedPolicy::new(self.policy, store.clone()));
         let activated = listener::from_systemd()?;
         let socket_activated = activated.is_some();
         let listeners = match activated {
@@ -90,7 +131,7 @@ impl Server {
             .map(Listener::describe)
             .collect::<Vec<_>>()
             .join(" ");
-        let (access, regex) = self.policy.current().rule_counts();
+        let (access, regex) = policy.current().rule_counts();
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             config = %self.config_path.display(),
@@ -99,6 +140,7 @@ impl Server {
             mode = ?self.config.milter.mode,
             access_rules = access,
             regex_rules = regex,
+            greylist_store = store.as_ref().map_or("none", |s| s.backend()),
             "mxsentry started"
         );
 
@@ -123,13 +165,16 @@ impl Server {
             accept_tasks.push(tokio::spawn(accept_loop(
                 l,
                 slots.clone(),
-                self.policy.clone() as Arc<dyn PolicySource>,
+                policy.clone() as Arc<dyn PolicySource>,
                 limits,
                 stop_rx.clone(),
             )));
         }
 
-        wait_for_signals(&self.config_path, &self.policy).await;
+        if let Some(s) = &store {
+            tokio::spawn(purge_task(s.clone(), PURGE_INTERVAL, stop_rx.clone()));
+        }
+        wait_for_signals(&self.config_path, &policy).await;
         tracing::info!("shutting down: no new connections, draining sessions in flight");
         let _ = stop_tx.send(true);
         for t in accept_tasks {
@@ -142,6 +187,14 @@ impl Server {
                 in_flight = max - slots.available_permits(),
                 "sessions still open after {SHUTDOWN_GRACE:?}; exiting anyway"
             ),
+        }
+        if let Some(s) = &store {
+            match s.flush().await {
+                Ok(()) => tracing::info!(backend = s.backend(), "greylist store flushed"),
+                Err(e) => {
+                    tracing::error!(backend = s.backend(), "greylist store flush failed: {e}")
+                }
+            }
         }
         if !socket_activated {
             for spec in &self.config.milter.listen {

@@ -23,6 +23,23 @@ client.example A 192.0.2.10
 client66.example A 192.0.2.66
 ";
 
+fn spawn_daemon(config_path: &Path, log_path: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    Process::new(env!("CARGO_BIN_EXE_mxsentry"))
+        .arg("run")
+        .arg("--config")
+        .arg(config_path)
+        .env("RUST_LOG", "mxsentry=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 /// A running daemon; killed on drop.
 pub struct Daemon {
     pub dns: mxsentry::testing::dns_server::TestDnsServer,
@@ -69,27 +86,26 @@ impl Daemon {
                 format!("{nameservers}timeout = \"2s\"\n"),
             )
         };
+        // ... and so may [greylist]: its store file goes into the test's directory.
+        let db = format!(
+            "[greylist]\npath = \"{}\"\n",
+            dir.path().join("greylist.db").display()
+        );
+        let (extra, greylist_section) = if extra.contains("[greylist]\n") {
+            (extra.replace("[greylist]\n", &db), String::new())
+        } else {
+            (extra, format!("{db}enabled = false\n"))
+        };
         let config = format!(
             "[milter]\nlisten = [\"inet:{port}@127.0.0.1\", \"unix:{}\"]\nhostname = \"mx.example.org\"\n\
-             idle_timeout = \"20s\"\n{extra}\n{dns_section}\
-             [greylist]\nenabled = false\npath = \"{}\"\n\
+             idle_timeout = \"20s\"\n{extra}\n{dns_section}{greylist_section}\
              [sender_rules]\naccess_file = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             socket.display(),
-            dir.path().join("greylist.db").display(),
             access_path.display()
         );
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("mxsentry.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Process::new(env!("CARGO_BIN_EXE_mxsentry"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "mxsentry=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn_daemon(&config_path, &log_path);
         let d = Daemon {
             dns,
             metrics_port,
@@ -100,16 +116,29 @@ impl Daemon {
             log_path,
             config_path,
         };
+        d.wait_listening();
+        d
+    }
+
+    fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "daemon did not listen: {}",
-                d.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        d
+    }
+
+    /// Stops the daemon with SIGTERM (it must exit 0) and starts it again on the same files.
+    pub fn restart(&mut self) {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(30)).expect("exited");
+        assert!(status.success(), "exit status {status:?}: {}", self.log());
+        self.child = spawn_daemon(&self.config_path, &self.log_path);
+        self.wait_listening();
     }
 
     pub fn log(&self) -> String {

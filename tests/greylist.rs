@@ -1,0 +1,116 @@
+//! Greylisting through the real daemon with the embedded store: the 450 an SMTP client sees,
+//! the retry that passes with an X-Greylist header, the autowhitelist, the exemptions, and
+//! entries that survive a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{reply_text, Client, Daemon};
+use mxsentry::protocol::command::Command;
+use mxsentry::protocol::reply::Reply;
+
+const GREYLIST: &str = "[greylist]\nenabled = true\ndelay = \"2s\"\nretry_window = \"1h\"\n\
+    autowhite = \"1d\"\nclient_autowhite_after = 0\ncommit_interval = \"200ms\"\n";
+
+fn attempt(d: &Daemon, from: &str, rcpt: &str) -> (Reply, Vec<Reply>) {
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    c.connect("client.example", "192.0.2.10");
+    c.helo("helo.example");
+    c.mail(from);
+    let r = c.rcpt(rcpt).expect("RCPT answered");
+    let eom = if r == Reply::Continue {
+        c.message()
+    } else {
+        Vec::new()
+    };
+    c.send(&Command::Quit);
+    (r, eom)
+}
+
+#[test]
+fn greylist_lifecycle_and_persistence() {
+    let mut d = Daemon::start("", GREYLIST);
+    let (r, _) = attempt(&d, "news@sender.example", "u@example.org");
+    assert_eq!(
+        reply_text(&r),
+        "450 4.7.1 Greylisted, try again in 2 seconds"
+    );
+    // an early retry is refused again, without resetting the clock
+    let (r, _) = attempt(&d, "news@sender.example", "u@example.org");
+    let text = reply_text(&r);
+    assert!(
+        text.starts_with("450 4.7.1 Greylisted, try again in "),
+        "{text}"
+    );
+    // postmaster@ is never greylisted
+    let (r, _) = attempt(&d, "news@sender.example", "postmaster@example.org");
+    assert_eq!(r, Reply::Continue);
+
+    std::thread::sleep(Duration::from_millis(2300));
+    let (r, eom) = attempt(&d, "news@sender.example", "u@example.org");
+    assert_eq!(r, Reply::Continue, "retry after the delay passes");
+    let header = eom.iter().find_map(|r| match r {
+        Reply::AddHeader { name, value } if &name[..] == b"X-Greylist" => {
+            Some(String::from_utf8_lossy(value).into_owned())
+        }
+        _ => None,
+    });
+    let header = header.expect("X-Greylist added");
+    assert!(
+        header.starts_with("delayed ") && header.contains(" seconds by mxsentry-0.1.0; "),
+        "{header}"
+    );
+    // autowhitelisted: no delay, no header
+    let (r, eom) = attempt(&d, "news@sender.example", "u@example.org");
+    assert_eq!(r, Reply::Continue);
+    assert_eq!(eom, vec![Reply::Accept]);
+    d.wait_log("greylist:new");
+
+    // SIGTERM flushes the store; the autowhitelisted triplet is still known after a restart
+    d.restart();
+    let (r, _) = attempt(&d, "news@sender.example", "u@example.org");
+    assert_eq!(r, Reply::Continue, "{}", d.log());
+    // and an unknown one is greylisted as before
+    let (r, _) = attempt(&d, "other@sender.example", "u@example.org");
+    assert!(reply_text(&r).starts_with("450 4.7.1 Greylisted"));
+}
+
+#[test]
+fn dry_run_greylisting_tags_instead_of_refusing() {
+    let d = Daemon::start("", &format!("mode = \"dry-run\"\n{GREYLIST}"));
+    let (r, eom) = attempt(&d, "news@sender.example", "u@example.org");
+    assert_eq!(r, Reply::Continue);
+    let tagged = eom.iter().any(|r| {
+        matches!(r, Reply::AddHeader { name, value }
+            if &name[..] == b"X-Mxsentry" && String::from_utf8_lossy(value).contains("would-greylist"))
+    });
+    assert!(tagged, "{eom:?}");
+}
+
+#[test]
+fn selective_greylisting_only_for_selected_clients() {
+    // greylisting off for everyone; clients with dynamic-looking rDNS are selected
+    let zone = "\
+10.2.0.192.in-addr.arpa PTR mail.good.test
+mail.good.test A 192.0.2.10
+60.2.0.192.in-addr.arpa PTR 192-0-2-60.dyn.isp.test
+192-0-2-60.dyn.isp.test A 192.0.2.60
+";
+    let d = Daemon::start_with_zone(
+        "",
+        &GREYLIST.replace("enabled = true", "enabled = false"),
+        zone,
+    );
+    let run = |ip: &str| {
+        let mut c = Client::tcp(d.port);
+        c.negotiate();
+        c.connect("[x]", ip);
+        c.helo("helo.example");
+        c.mail("a@sender.example");
+        c.rcpt("u@example.org").unwrap()
+    };
+    assert_eq!(run("192.0.2.10"), Reply::Continue);
+    assert!(reply_text(&run("192.0.2.60")).starts_with("450 4.7.1 Greylisted"));
+}
