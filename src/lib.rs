@@ -5,6 +5,7 @@
 //! is the per-connection milter state machine; `checks` each turn what the MTA told us into
 //! findings; `policy` is the one place that turns findings into a verdict.
 
+pub mod admin;
 pub mod checks;
 pub mod config;
 pub mod decision_log;

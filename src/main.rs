@@ -61,10 +61,65 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect and edit the greylist store (embedded: while the daemon is stopped; redis: any time).
+    Greylist {
+        #[command(subcommand)]
+        command: GreylistCommand,
+    },
     /// Work with sendmail access files.
     Access {
         #[command(subcommand)]
         command: AccessCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// The client's IP address (its network or rDNS pool is what is stored).
+    #[arg(long)]
+    client_ip: std::net::IpAddr,
+    /// The client's FCrDNS-verified name (greylist.pool_by_rdns keys pools by it).
+    #[arg(long)]
+    client_name: Option<String>,
+    /// Envelope sender; with --rcpt names a triplet, without both the client entry.
+    #[arg(long)]
+    from: Option<String>,
+    /// Recipient.
+    #[arg(long)]
+    rcpt: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum GreylistCommand {
+    /// List entries (`t:` triplets, `c:` clients).
+    List {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Only keys starting with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Whitelist a triplet (with --from and --rcpt) or a client.
+    Add {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Delete a triplet (with --from and --rcpt) or a client entry.
+    Del {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Remove expired entries now (the daemon also does it periodically).
+    Purge {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }
 
@@ -122,6 +177,7 @@ fn main() -> ExitCode {
             };
             explain(config, query, json)
         }
+        Command::Greylist { command } => greylist(command),
         Command::Access {
             command: AccessCommand::Import { file },
         } => match std::fs::read_to_string(&file) {
@@ -139,6 +195,63 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn greylist(command: GreylistCommand) -> ExitCode {
+    use mxsentry::admin;
+    let target = |t: TargetArgs| admin::Target {
+        client_ip: t.client_ip,
+        client_name: t.client_name,
+        from: t
+            .from
+            .map(|f| f.trim_start_matches('<').trim_end_matches('>').to_string()),
+        rcpt: t
+            .rcpt
+            .map(|r| r.trim_start_matches('<').trim_end_matches('>').to_string()),
+    };
+    let config_path = match &command {
+        GreylistCommand::List { config, .. }
+        | GreylistCommand::Add { config, .. }
+        | GreylistCommand::Del { config, .. }
+        | GreylistCommand::Purge { config } => config.clone(),
+    };
+    let config = match mxsentry::config::Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            GreylistCommand::List { prefix, limit, .. } => {
+                admin::list(&config, &prefix, limit).await
+            }
+            GreylistCommand::Add { target: t, .. } => admin::add(&config, &target(t)).await,
+            GreylistCommand::Del { target: t, .. } => admin::del(&config, &target(t)).await,
+            GreylistCommand::Purge { .. } => admin::purge(&config).await,
+        }
+    });
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

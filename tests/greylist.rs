@@ -114,3 +114,70 @@ mail.good.test A 192.0.2.10
     assert_eq!(run("192.0.2.10"), Reply::Continue);
     assert!(reply_text(&run("192.0.2.60")).starts_with("450 4.7.1 Greylisted"));
 }
+
+fn cli(d: &Daemon, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxsentry"))
+        .arg("greylist")
+        .args(args)
+        .arg("--config")
+        .arg(&d.config_path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn admin_commands_list_add_del_purge() {
+    let mut d = Daemon::start("", GREYLIST);
+    let (r, _) = attempt(&d, "news@sender.example", "u@example.org");
+    assert!(reply_text(&r).starts_with("450 "));
+    // the running daemon holds the embedded store: the command says so instead of corrupting it
+    let (ok, text) = cli(&d, &["list"]);
+    assert!(!ok && text.contains("stop it first"), "{text}");
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(30)).unwrap().success());
+
+    let (ok, text) = cli(&d, &["list", "--prefix", "t:"]);
+    assert!(ok, "{text}");
+    // 192.0.2.10 is FCrDNS-verified as client.example: keyed by its rDNS pool, not the /24
+    assert!(
+        text.contains("t:pool:client.example|news@sender.example|u@example.org  greylisted"),
+        "{text}"
+    );
+    let pass = [
+        "--client-ip",
+        "192.0.2.10",
+        "--client-name",
+        "client.example",
+        "--from",
+        "boss@partner.example",
+        "--rcpt",
+        "ceo@example.org",
+    ];
+    let (ok, text) = cli(&d, &[&["add"][..], &pass[..]].concat());
+    assert!(ok && text.contains("whitelisted"), "{text}");
+    let (_, text) = cli(&d, &["list"]);
+    assert!(
+        text.contains("boss@partner.example|ceo@example.org  whitelisted"),
+        "{text}"
+    );
+    let (ok, text) = cli(&d, &[&["del"][..], &pass[..]].concat());
+    assert!(ok && text.contains("deleted"), "{text}");
+    let (ok, text) = cli(&d, &["purge"]);
+    assert!(ok && text.contains("purged 0 expired entries"), "{text}");
+
+    // the added whitelist works for the daemon: add again, restart, no greylisting
+    cli(&d, &[&["add"][..], &pass[..]].concat());
+    d.restart_stopped();
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    c.connect("x", "192.0.2.10");
+    c.helo("helo.example");
+    c.mail("boss@partner.example");
+    assert_eq!(c.rcpt("ceo@example.org"), Some(Reply::Continue));
+}

@@ -132,6 +132,12 @@ impl Daemon {
         }
     }
 
+    /// Starts the daemon again after it exited.
+    pub fn restart_stopped(&mut self) {
+        self.child = spawn_daemon(&self.config_path, &self.log_path);
+        self.wait_listening();
+    }
+
     /// Stops the daemon with SIGTERM (it must exit 0) and starts it again on the same files.
     pub fn restart(&mut self) {
         self.signal("TERM");
