@@ -3,162 +3,18 @@
 //! kills it at the end. Without `redis-server` the tests FAIL (they are never skipped); set
 //! `MXSENTRY_REDIS_SERVER` to use a binary outside `PATH`.
 
-use std::io::{Read, Write as _};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+
+use common::redis_server::RedisServer;
 use mxsentry::store::redis::{RedisStore, KEY_PREFIX};
 use mxsentry::store::{Entry, GreylistStore, StoreError, Write};
 
 /// Upper bound for any call while Redis is down or hung: a hang guard, not a speed assertion.
 const HANG_GUARD: Duration = Duration::from_secs(5);
-
-/// A `redis-server` on 127.0.0.1:`port` (and a unix socket), killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-fn redis_server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("MXSENTRY_REDIS_SERVER") {
-        return PathBuf::from(path);
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-            .map(|dir| dir.join("redis-server"))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "redis-server not found: these tests need a real Redis. Install the Debian package \
-             `redis-server` (apt-get install -y redis-server) or set MXSENTRY_REDIS_SERVER"
-        )
-    })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let mut server = RedisServer {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        server.spawn();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("redis.sock")
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none());
-        let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
-        let child = Command::new(redis_server_binary())
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .args(["--dir", &self.dir.path().display().to_string()])
-            .args(["--unixsocket", &self.socket().display().to_string()])
-            .args(["--unixsocketperm", "700"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
-        self.child = Some(child);
-        let start = Instant::now();
-        while !self.answers_ping() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "redis-server exited with {status}: {}",
-                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not answer PING on port {} within 10 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn answers_ping(&self) -> bool {
-        self.raw(&["PING"]).is_some_and(|r| r.starts_with("+PONG"))
-    }
-
-    /// One command over a plain socket (the tests check the store, not with the store).
-    fn raw(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).ok()?;
-        let mut buf = [0u8; 65536];
-        let n = s.read(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-    }
-
-    /// An integer reply (`:N`).
-    fn int(&self, args: &[&str]) -> i64 {
-        let reply = self.raw(args).expect("redis answers");
-        reply
-            .strip_prefix(':')
-            .and_then(|r| r.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{args:?}: not an integer reply: {reply:?}"))
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-
-    /// Restarts on the same port (empty: no persistence).
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn now() -> u64 {
     SystemTime::now()

@@ -2,6 +2,8 @@
 //! small blocking milter client that plays the MTA side as Postfix does.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::os::unix::net::UnixStream;
