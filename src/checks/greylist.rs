@@ -364,14 +364,24 @@ impl Greylister {
         &self.cfg
     }
 
+    /// One store call under the deadline, timed and counted (`op`: a bounded metric label).
     async fn bounded<T>(
         &self,
+        op: &'static str,
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.deadline, fut).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.deadline, fut).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout),
-        }
+        };
+        crate::metrics::metrics().greylist_op(
+            self.store.backend(),
+            op,
+            started.elapsed().as_secs_f64(),
+            result.is_ok(),
+        );
+        result
     }
 
     /// Greylists one recipient. `verified_name`: the FCrDNS-verified client name, if any (see
@@ -405,7 +415,7 @@ impl Greylister {
         let client_key = store_key(&keys::client_plain(client), hash);
         if after > 0 {
             let refresh = move |old: Option<Entry>| client_refresh(old, now, &t, after);
-            match self.bounded(self.store.update(&client_key, &refresh)).await {
+            match self.bounded("lookup", self.store.update(&client_key, &refresh)).await {
                 Ok(old) if client_is_whitelisted(old.as_ref(), now, after) => {
                     return GreylistOutcome::ClientWhitelisted
                 }
@@ -415,13 +425,13 @@ impl Greylister {
         }
         let triplet_key = store_key(plain_key, hash);
         let f = move |old: Option<Entry>| step(old, now, &t).0;
-        let outcome = match self.bounded(self.store.update(&triplet_key, &f)).await {
+        let outcome = match self.bounded("record", self.store.update(&triplet_key, &f)).await {
             Ok(old) => step(old, now, &t).1,
             Err(e) => return GreylistOutcome::StoreError(e.to_string()),
         };
         if after > 0 && outcome.accepts() {
             let count = move |old: Option<Entry>| client_step(old, now, &t);
-            if let Err(e) = self.bounded(self.store.update(&client_key, &count)).await {
+            if let Err(e) = self.bounded("touch", self.store.update(&client_key, &count)).await {
                 // The mail is accepted anyway; only the client's count is behind.
                 tracing::warn!(backend = self.store.backend(), error = %e, "greylist: client count not updated");
             }
@@ -448,7 +458,17 @@ pub async fn purge_task(
         tokio::select! {
             _ = tick.tick() => {
                 let started = std::time::Instant::now();
-                match store.purge(unix_now()).await {
+                let result = store.purge(unix_now()).await;
+                crate::metrics::metrics().greylist_op(
+                    store.backend(),
+                    "purge",
+                    started.elapsed().as_secs_f64(),
+                    result.is_ok(),
+                );
+                if let Ok(n) = store.len().await {
+                    crate::metrics::metrics().greylist_entries(store.backend(), n as i64);
+                }
+                match result {
                     Ok(n) => tracing::debug!(
                         backend = store.backend(),
                         purged = n,

@@ -108,6 +108,11 @@ impl Server {
             None
         };
         let store = greylister.as_ref().map(|g| g.store().clone());
+        if let Some(s) = &store {
+            if let Ok(n) = s.len().await {
+                metrics().greylist_entries(s.backend(), n as i64);
+            }
+        }
         let policy = Arc::new(SharedPolicy::new(self.policy, store.clone()));
         let activated = listener::from_systemd()?;
         let socket_activated = activated.is_some();
