@@ -111,7 +111,7 @@ fn systemd_socket_activation_serves_the_passed_socket() {
     std::fs::write(
         &config,
         "[milter]\nlisten = \"inet:1@127.0.0.1\"\n[trusted]\nnetworks = []\n\
-         [rdns]\nno_ptr = \"off\"\nforged = \"off\"\ndynamic = \"off\"\n[metrics]\nlisten = \"off\"\n",
+         [rdns]\nno_ptr = \"off\"\nforged = \"off\"\ndynamic = \"off\"\n[metrics]\nlisten = \"off\"\n[greylist]\nenabled = false\n",
     )
     .unwrap();
     let log = dir.path().join("log");

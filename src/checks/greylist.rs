@@ -415,7 +415,10 @@ impl Greylister {
         let client_key = store_key(&keys::client_plain(client), hash);
         if after > 0 {
             let refresh = move |old: Option<Entry>| client_refresh(old, now, &t, after);
-            match self.bounded("lookup", self.store.update(&client_key, &refresh)).await {
+            match self
+                .bounded("lookup", self.store.update(&client_key, &refresh))
+                .await
+            {
                 Ok(old) if client_is_whitelisted(old.as_ref(), now, after) => {
                     return GreylistOutcome::ClientWhitelisted
                 }
@@ -425,13 +428,19 @@ impl Greylister {
         }
         let triplet_key = store_key(plain_key, hash);
         let f = move |old: Option<Entry>| step(old, now, &t).0;
-        let outcome = match self.bounded("record", self.store.update(&triplet_key, &f)).await {
+        let outcome = match self
+            .bounded("record", self.store.update(&triplet_key, &f))
+            .await
+        {
             Ok(old) => step(old, now, &t).1,
             Err(e) => return GreylistOutcome::StoreError(e.to_string()),
         };
         if after > 0 && outcome.accepts() {
             let count = move |old: Option<Entry>| client_step(old, now, &t);
-            if let Err(e) = self.bounded("touch", self.store.update(&client_key, &count)).await {
+            if let Err(e) = self
+                .bounded("touch", self.store.update(&client_key, &count))
+                .await
+            {
                 // The mail is accepted anyway; only the client's count is behind.
                 tracing::warn!(backend = self.store.backend(), error = %e, "greylist: client count not updated");
             }

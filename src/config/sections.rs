@@ -446,8 +446,9 @@ pub struct GreylistConfig {
     /// Redis server (`redis://`, `rediss://` or `unix://`). Default: `redis://127.0.0.1:6379/0`.
     #[serde(deserialize_with = "de::one::<_, de::RedisUrlP>")]
     pub redis_url: String,
-    /// How often the embedded store commits. Default: 1s.
-    #[serde(deserialize_with = "de::one::<_, de::NonZeroDurationP>")]
+    /// How often the embedded store commits durably (group commit): what `kill -9` can lose at
+    /// most. `"0s"`: every update is durable before the reply goes out. Default: 1s.
+    #[serde(deserialize_with = "de::one::<_, de::DurationP>")]
     pub commit_interval: Duration,
     /// Store hashed triplet keys instead of addresses (privacy). Default: false.
     pub hash_keys: bool,

@@ -42,7 +42,11 @@ impl Policy {
             }
             Some(res) => {
                 findings.extend(res.findings());
-                outcome.verified_name = res.verified_name.clone();
+                // A dynamic-looking name must not become a greylist pool: a whole ISP dial-up
+                // range would share one key and could get whitelisted together.
+                if res.dynamic.is_none() {
+                    outcome.verified_name = res.verified_name.clone();
+                }
                 let name = res.judged_name().unwrap_or("unknown");
                 let vars = |t: &str| t.replace("{client_ip}", &ip).replace("{client_name}", name);
                 match res.outcome {

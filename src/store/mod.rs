@@ -81,7 +81,8 @@ pub trait GreylistStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
 
     /// Entries whose key starts with `prefix`, at most `limit`, in key order where the backend
-    /// has one (admin `greylist list`).
+    /// has one (admin `greylist list`). Expired entries not purged yet may be listed: compare
+    /// `expires` with the time when it matters.
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Entry)>, StoreError>;
 
     /// Removes entries expired at `now`; returns how many (periodic purge, `greylist purge`).
