@@ -295,3 +295,32 @@ sender.test.dbl.test DELAY 1s A 127.0.0.1
         "lookups overlapped: {took:?}"
     );
 }
+
+#[test]
+fn delay_action_holds_the_banner_for_suspicious_clients() {
+    let d = Daemon::start_with_zone(
+        "",
+        "[rdns]\ndynamic = \"delay\"\n[greeting]\ndelay = \"1s\"\n",
+        ZONE,
+    );
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    let t0 = Instant::now();
+    assert_eq!(
+        c.connect("[192.0.2.60]", "192.0.2.60"),
+        Some(Reply::Continue),
+        "CONNECT is answered when the banner may be held"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "dynamic rDNS held the banner: {:?}",
+        t0.elapsed()
+    );
+    // a clean client is not held for the delay (no upper bound asserted: slow machines)
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    assert_eq!(
+        c.connect("good.fcrdns.test", "192.0.2.10"),
+        Some(Reply::Continue)
+    );
+}
