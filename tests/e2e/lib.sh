@@ -69,6 +69,9 @@ nsink() { find "$1" -maxdepth 1 -type f 2>/dev/null | wc -l; }
 sink_has() { grep -qsF -- "$2" "$1"/* 2>/dev/null; }            # sink_has DIR FIXED-STRING
 # wait_sink DIR FIXED-STRING [SECONDS] : a mail containing the string reached the sink
 wait_sink() { wait_for "${3:-$E2E_WAIT}" sink_has "$1" "$2"; }
+# wait_grep_sink_mail ID REGEX : the sink file holding ID (a unique header value) matches REGEX
+_sink_mail_has() { local f; f="$(grep -lsF -- "$1" "$SINK"/* 2>/dev/null | head -n1)"; [ -n "$f" ] && grep -qE -- "$2" "$f"; }
+wait_grep_sink_mail() { wait_for "${3:-$E2E_WAIT}" _sink_mail_has "$1" "$2"; }
 # wait_grep FILE REGEX [SECONDS] : REGEX (grep -E) shows up in FILE
 _grep_file() { grep -qsE -- "$2" "$1"; }
 wait_grep() { wait_for "${3:-$E2E_WAIT}" _grep_file "$1" "$2"; }
