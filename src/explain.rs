@@ -96,63 +96,35 @@ impl Explanation {
         out
     }
 
-    /// One JSON object (hand-written: the shape is small and stable).
+    /// One JSON object, for scripts.
     pub fn json(&self, q: &Query) -> String {
-        let rcpts: Vec<String> = self
+        use serde_json::json;
+        let recipients: Vec<_> = self
             .decisions
             .iter()
             .map(|(rcpt, d)| {
-                let findings: Vec<String> = d
-                    .findings
-                    .iter()
-                    .map(|f| {
-                        format!(
-                            "{{\"check\":{},\"outcome\":{},\"detail\":{}}}",
-                            json_str(f.check),
-                            json_str(&f.outcome),
-                            json_str(&f.detail)
-                        )
-                    })
-                    .collect();
-                format!(
-                    "{{\"rcpt\":{},\"verdict\":{},\"reply\":{},\"would\":{},\"greylist\":{},\"tags\":[{}],\"findings\":[{}]}}",
-                    json_str(rcpt),
-                    json_str(d.verdict.name()),
-                    d.verdict.reply().map_or("null".into(), |r| json_str(&r.to_string())),
-                    d.would.as_ref().map_or("null".into(), |w| json_str(w.name())),
-                    d.greylist,
-                    d.tags.iter().map(|t| json_str(t)).collect::<Vec<_>>().join(","),
-                    findings.join(",")
-                )
+                json!({
+                    "rcpt": rcpt,
+                    "verdict": d.verdict.name(),
+                    "reply": d.verdict.reply().map(|r| r.to_string()),
+                    "would": d.would.as_ref().map(|w| w.name()),
+                    "greylist": d.greylist,
+                    "tags": d.tags,
+                    "findings": d.findings.iter().map(|f| json!({
+                        "check": f.check,
+                        "outcome": f.outcome,
+                        "detail": f.detail,
+                    })).collect::<Vec<_>>(),
+                })
             })
             .collect();
-        format!(
-            "{{\"client_ip\":{},\"client_name\":{},\"helo\":{},\"from\":{},\"recipients\":[{}]}}",
-            json_str(&q.client_ip.to_string()),
-            q.client_name.as_deref().map_or("null".into(), json_str),
-            json_str(&q.helo),
-            json_str(&q.from),
-            rcpts.join(",")
-        )
+        json!({
+            "client_ip": q.client_ip.to_string(),
+            "client_name": q.client_name,
+            "helo": q.helo,
+            "from": q.from,
+            "recipients": recipients,
+        })
+        .to_string()
     }
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }

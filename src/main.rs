@@ -223,15 +223,8 @@ fn greylist(command: GreylistCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(false) else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         match command {
@@ -256,15 +249,8 @@ fn greylist(command: GreylistCommand) -> ExitCode {
 }
 
 fn explain(config_path: PathBuf, query: mxsentry::explain::Query, json: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(false) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let (_, policy) = match policy::load(&config_path) {
@@ -293,15 +279,8 @@ fn run(config_path: PathBuf) -> ExitCode {
         }
     };
     decision_log::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(true) else {
+        return ExitCode::FAILURE;
     };
     let server = Server::new(config_path, config, policy);
     match runtime.block_on(server.run()) {
@@ -310,6 +289,22 @@ fn run(config_path: PathBuf) -> ExitCode {
             tracing::error!("{e}");
             eprintln!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The tokio runtime: multi-threaded for the daemon, one thread for the one-shot commands.
+fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            None
         }
     }
 }

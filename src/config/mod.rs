@@ -83,6 +83,20 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether any finding is configured with `action` (HELO, the rDNS outcomes, the DNSBL
+    /// actions): decides what to negotiate and which stores to open.
+    pub fn any_finding_action(&self, action: Action) -> bool {
+        [
+            self.helo.action,
+            self.rdns.no_ptr,
+            self.rdns.forged,
+            self.rdns.dynamic,
+            self.dnsbl.action,
+            self.dnsbl.below_threshold,
+        ]
+        .contains(&action)
+    }
+
     /// Where the daemon looks for its configuration unless told otherwise.
     pub const DEFAULT_PATH: &'static str = "/etc/mxsentry/milter.toml";
 

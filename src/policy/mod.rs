@@ -216,16 +216,7 @@ impl Policy {
 
     /// Whether any finding may hold the banner (action `delay`); then CONNECT is answered.
     pub fn delay_by_findings(&self) -> bool {
-        let c = &self.config;
-        [
-            c.helo.action,
-            c.rdns.no_ptr,
-            c.rdns.forged,
-            c.rdns.dynamic,
-            c.dnsbl.action,
-            c.dnsbl.below_threshold,
-        ]
-        .contains(&FindingAction::Delay)
+        self.config.any_finding_action(FindingAction::Delay)
     }
 
     /// At CONNECT: do this client's DNS findings ask to hold the banner (action `delay`)?

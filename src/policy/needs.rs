@@ -7,16 +7,8 @@ use crate::protocol::negotiate::{flags, Needs, StageSet};
 /// (RCPT, where verdicts are given; CONNECT too when the banner may be held), the actions it
 /// may take and the macros it wants per stage.
 pub fn needs_for(config: &Config) -> Needs {
-    let holds_banner = !config.greeting.networks.is_empty()
-        || [
-            config.helo.action,
-            config.rdns.no_ptr,
-            config.rdns.forged,
-            config.rdns.dynamic,
-            config.dnsbl.action,
-            config.dnsbl.below_threshold,
-        ]
-        .contains(&FindingAction::Delay);
+    let holds_banner =
+        !config.greeting.networks.is_empty() || config.any_finding_action(FindingAction::Delay);
     let mut reply_stages = StageSet::RCPT;
     if holds_banner {
         reply_stages |= StageSet::CONNECT;

@@ -60,18 +60,7 @@ fn attach(policy: Policy, store: &Option<Arc<dyn GreylistStore>>) -> Policy {
 
 /// Whether the configuration can greylist at all (for everyone, or selected by a finding).
 fn uses_greylisting(config: &Config) -> bool {
-    use crate::config::Action::Greylist;
-    let c = config;
-    c.greylist.enabled
-        || [
-            c.helo.action,
-            c.rdns.no_ptr,
-            c.rdns.forged,
-            c.rdns.dynamic,
-            c.dnsbl.action,
-            c.dnsbl.below_threshold,
-        ]
-        .contains(&Greylist)
+    config.greylist.enabled || config.any_finding_action(crate::config::Action::Greylist)
 }
 
 impl PolicySource for SharedPolicy {
