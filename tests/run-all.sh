@@ -7,6 +7,7 @@
 #   4. cargo test --locked
 #   5. bash tests/e2e/run.sh   (real Postfix, sendmail, miltertest, DNS on loopback; needs root and
 #      the packages of tests/testbed/install.sh -- .ci/run installs them)
+#   (4b. bash bench/smoke.sh: builds the load generator, 10 s protocol scenario, no thresholds)
 #   6. bash tests/package.sh   (builds the .deb with cargo-deb, installs it, checks the installed
 #      check-config and the unit; needs root)
 # Knobs: SKIP_LINT=1 skips 1+2, SKIP_E2E=1 skips 5 (e.g. on a machine without the test bed),
@@ -33,6 +34,9 @@ cargo build --locked --all-targets || die "cargo build failed"
 
 step "cargo test --locked"
 cargo test --locked || die "cargo test failed"
+
+step "benchmark smoke (bench/smoke.sh: load generator, 10 s protocol scenario, no thresholds)"
+bash bench/smoke.sh || die "the benchmark smoke failed"
 
 if [ "${SKIP_E2E:-0}" != 1 ]; then
   step "end-to-end tests (tests/e2e/run.sh)"
