@@ -90,6 +90,7 @@ impl Server {
 
     /// Binds every listener, serves until SIGTERM/SIGINT, then drains.
     pub async fn run(self) -> Result<(), String> {
+        let signals = Signals::install()?;
         // The greylist store first: a corrupt or unwritable file stops the start with its reason.
         let greylister = if uses_greylisting(&self.config) {
             Some(Greylister::open(&self.config.greylist).await?)
@@ -168,7 +169,7 @@ impl Server {
         if let Some(s) = &store {
             tokio::spawn(purge_task(s.clone(), PURGE_INTERVAL, stop_rx.clone()));
         }
-        wait_for_signals(&self.config_path, &policy).await;
+        signals.run(&self.config_path, &policy).await;
         tracing::info!("shutting down: no new connections, draining sessions in flight");
         let _ = stop_tx.send(true);
         for t in accept_tasks {
@@ -201,23 +202,35 @@ impl Server {
     }
 }
 
-/// Serves SIGHUP (reload) until SIGTERM or SIGINT arrives.
-async fn wait_for_signals(config_path: &std::path::Path, shared: &SharedPolicy) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; running until killed");
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => reload(config_path, shared),
-            _ = term.recv() => return,
-            _ = int.recv() => return,
+/// The signals the daemon handles. Installed before any socket is bound: a SIGHUP that arrives
+/// as soon as the MTA can connect must reload, not kill the process (the default action).
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind| {
+            signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"))
+        };
+        Ok(Signals {
+            hup: install(SignalKind::hangup())?,
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Serves SIGHUP (reload) until SIGTERM or SIGINT arrives.
+    async fn run(mut self, config_path: &std::path::Path, shared: &SharedPolicy) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => reload(config_path, shared),
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+            }
         }
     }
 }
