@@ -85,14 +85,19 @@ run_callgrind() {  # run_callgrind NAME PORT CLIENTS CMD...
   cp "$f" "$OUT/callgrind.$name.out"
   {
     echo "# callgrind, $name, $N sessions at concurrency 16 after a 2 s warm-up (steady state)"
-    callgrind_annotate --inclusive=no "$f" > "$W/self.txt" 2>/dev/null || true
-    head -60 "$W/self.txt"
+    callgrind_annotate --threshold=100 "$f" > "$W/self.txt" 2>/dev/null || true
+    callgrind_annotate --inclusive=yes --threshold=100 "$f" > "$W/incl.txt" 2>/dev/null || true
+    grep -m1 'PROGRAM TOTALS' "$W/self.txt" || true
     echo
-    echo "# inclusive"
-    callgrind_annotate --inclusive=yes "$f" > "$W/incl.txt" 2>/dev/null || true
-    head -70 "$W/incl.txt"
+    echo "# self cost: instructions spent in the function itself, top 30 (the thread entry"
+    echo "# points that were running when the counters were dumped are left out)"
+    grep -E '^ *[0-9,]+ \(' "$W/self.txt" | grep -v 'PROGRAM TOTALS' \
+      | awk '{ p = $2; gsub(/[()%]/, "", p); if (p + 0 < 50) print }' | head -30 || true
+    echo
+    echo "# inclusive cost of the filter's own functions, top 40"
+    grep -E '^ *[0-9,]+ \(' "$W/incl.txt" | grep -E 'mxsentry::|mi_|smfi_|libmilter' | head -40 || true
   } > "$OUT/profile-$name.txt"
-  echo "$name: $(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$W/self.txt") instructions over the run ($N sessions)"
+  echo "$name: $(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$W/self.txt") instructions over the run ($N sessions)" | tee -a "$OUT/profile-$name.txt"
 }
 run_callgrind mxsentry 18888 "" target/release/mxsentry run --config "$W/protocol.toml"
 run_callgrind null-c 18887 "" "$W/null_filter" inet:18887@127.0.0.1 1024

@@ -251,7 +251,7 @@ def main():
           f"{'yes' if e2e_ratio >= 0.8 else 'NO, by ' + format((0.8 - e2e_ratio) * 100, '.0f') + ' points'} |")
     if gl:
         p("| greylist: ≥ 20,000 decisions/s at 1M triplets, p99 ≤ 1 ms, RSS ≤ 150 MB; "
-          "unique-sender sessions ≥ 0.8× null C | not measured (store not wired yet) | – |")
+          f"unique-sender sessions ≥ 0.8× null C | not measured ({gl[0]['status']}) | – |")
     p("")
     print("\n".join(out))
 

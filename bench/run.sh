@@ -6,14 +6,16 @@
 #   BENCH_ONLY="protocol latency" bash bench/run.sh      # a subset (names below)
 #
 # Scenarios (BENCH_ONLY words): protocol (also runs "all checks, warm DNS" interleaved),
-# latency, connections, e2e, greylist (placeholder: skipped until `mxsentry greylist` exists).
+# latency, connections, e2e, greylist (placeholder: only records that it is not written yet;
+# skipped when `mxsentry greylist --help` fails).
 # Knobs: BENCH_RUNS (3), BENCH_DURATION (4 s per throughput run), BENCH_CONC ("1 16 256"),
 # BENCH_HOLD (10000 idle connections), BENCH_E2E_MSGS (2000), BENCH_E2E_SESSIONS (20),
 # BENCH_E2E_SERIAL (50 messages one at a time), BENCH_LAT_SESSIONS (300),
-# BENCH_KEEP=1 keeps the work directory. Needs root for the Postfix part (the test bed's
-# postfix/start.sh); the packages: postfix, libmilter-dev, python3-milter, a C compiler.
+# BENCH_OUT (latest: the name of the results files), BENCH_KEEP=1 keeps the work directory.
+# Needs root for the Postfix part (the test bed's postfix/start.sh); the packages: postfix,
+# libmilter-dev, python3-milter, a C compiler.
 #
-# Every server listens on 127.0.0.1, ports 18890-18999 (distinct from the tests' ports):
+# Every server listens on 127.0.0.1, ports 18886-18999 (distinct from the tests' ports):
 #   18890 mxsentry protocol   18891 mxsentry all-checks   18892 null C   18893 null Python
 #   18894 mxsentry DNS-latency   18895 same + CONNECT reply   18896 mxsentry connections
 #   18897 null C connections   18898 mxsentry protocol + CONNECT reply   18899 mxsentry
@@ -32,6 +34,7 @@ ROOT="$PWD"
 : "${BENCH_E2E_SERIAL:=50}"
 : "${BENCH_ONLY:=protocol latency connections e2e greylist}"
 : "${BENCH_LAT_SESSIONS:=300}"
+: "${BENCH_OUT:=latest}"       # results go to bench/results/$BENCH_OUT.md and .jsonl
 PY=/usr/bin/python3          # Debian's python (python3-milter); a pyenv python3 lacks it
 T0=$SECONDS
 W="$(mktemp -d /tmp/mxbench-XXXX)"; chmod 755 "$W"
@@ -391,7 +394,7 @@ fi
 if want greylist; then
   if "$MX" greylist --help >/dev/null 2>&1; then
     log "greylist: \`mxsentry greylist\` exists but this scenario is not written yet -- PLACEHOLDER"
-    emit "{\"scenario\":\"greylist\",\"status\":\"placeholder: not written yet\"}"
+    emit "{\"scenario\":\"greylist\",\"status\":\"placeholder: mxsentry greylist exists, the scenario is not written yet\"}"
   else
     log "greylist: skipped (\`mxsentry greylist --help\` fails: the store is not wired yet)"
     emit "{\"scenario\":\"greylist\",\"status\":\"skipped: mxsentry greylist not wired yet\"}"
@@ -403,7 +406,7 @@ kill -0 "$(pid_of mx-protocol 2>/dev/null)" 2>/dev/null && stop mx-protocol
 kill -0 "$(pid_of null-c 2>/dev/null)" 2>/dev/null && stop null-c
 TOTAL=$((SECONDS - T0))
 emit "{\"scenario\":\"meta\",\"build_s\":$BUILD_S,\"total_s\":$TOTAL,\"nproc\":$(nproc),\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')\",\"kernel\":\"$(uname -r)\",\"load_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo -)$(git diff --quiet 2>/dev/null || echo +dirty)\",\"runs\":$BENCH_RUNS,\"duration\":$BENCH_DURATION}"
-cp "$JSONL" "$OUT/latest.jsonl"
-$PY bench/report.py "$JSONL" > "$OUT/latest.md"
-cat "$OUT/latest.md"
-log "done in ${TOTAL}s; table in bench/results/latest.md, raw figures in bench/results/latest.jsonl"
+cp "$JSONL" "$OUT/$BENCH_OUT.jsonl"
+$PY bench/report.py "$JSONL" > "$OUT/$BENCH_OUT.md"
+cat "$OUT/$BENCH_OUT.md"
+log "done in ${TOTAL}s; table in bench/results/$BENCH_OUT.md, raw figures in bench/results/$BENCH_OUT.jsonl"
