@@ -2,7 +2,10 @@
 """Turns bench/run.sh's JSONL (one line per measurement) into the markdown results table:
 medians over the runs, ratios against the null C libmilter filter, the issue's targets.
 
-usage: report.py results.jsonl > latest.md
+usage: report.py [--max-load L] results.jsonl [more.jsonl ...] > latest.md
+
+Several files are merged (their runs kept apart); --max-load drops every measurement taken
+with a 1-minute load average above L (ratios are then formed only from pairs that remain).
 """
 import json
 import statistics
@@ -26,12 +29,33 @@ def stage(ml, name, key):
 
 
 def main():
-    rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    args = sys.argv[1:]
+    max_load = None
+    if len(args) >= 2 and args[0] == "--max-load":
+        max_load = float(args[1])
+        args = args[2:]
+    rows = []
+    for i, path in enumerate(args):
+        for line in open(path):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if "run" in r and len(args) > 1:
+                r["run"] = f"{i}:{r['run']}"
+            if max_load is not None and isinstance(r.get("load"), (int, float)) \
+                    and r["load"] > max_load:
+                continue
+            rows.append(r)
     meta = next((r for r in rows if r["scenario"] == "meta"), {})
     out = []
     p = out.append
     p("# mxsentry benchmark results")
     p("")
+    if max_load is not None or len(args) > 1:
+        p(f"Merged from {len(args)} result file(s)"
+          + (f"; only measurements taken at a load average ≤ {max_load}" if max_load else "")
+          + ". Medians are over the runs that remain (the `load` column lists them).")
+        p("")
     if meta:
         p(f"{meta.get('date', '')}, commit {meta.get('commit', '?')}: {meta.get('nproc')} cores "
           f"({meta.get('cpu')}), kernel {meta.get('kernel')}. Median of {meta.get('runs')} runs "
