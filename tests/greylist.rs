@@ -6,50 +6,33 @@ mod common;
 
 use std::time::Duration;
 
-use common::{reply_text, Client, Daemon};
-use mxsentry::protocol::command::Command;
+use common::{reply_text, transaction, Client, Daemon};
 use mxsentry::protocol::reply::Reply;
 
 const GREYLIST: &str = "[greylist]\nenabled = true\ndelay = \"2s\"\nretry_window = \"1h\"\n\
     autowhite = \"1d\"\nclient_autowhite_after = 0\ncommit_interval = \"200ms\"\n";
 
-fn attempt(d: &Daemon, from: &str, rcpt: &str) -> (Reply, Vec<Reply>) {
-    let mut c = Client::tcp(d.port);
-    c.negotiate();
-    c.connect("client.example", "192.0.2.10");
-    c.helo("helo.example");
-    c.mail(from);
-    let r = c.rcpt(rcpt).expect("RCPT answered");
-    let eom = if r == Reply::Continue {
-        c.message()
-    } else {
-        Vec::new()
-    };
-    c.send(&Command::Quit);
-    (r, eom)
-}
-
 #[test]
 fn greylist_lifecycle_and_persistence() {
     let mut d = Daemon::start("", GREYLIST);
-    let (r, _) = attempt(&d, "news@sender.example", "u@example.org");
+    let (r, _) = transaction(&d, "news@sender.example", "u@example.org");
     assert_eq!(
         reply_text(&r),
         "450 4.7.1 Greylisted, try again in 2 seconds"
     );
     // an early retry is refused again, without resetting the clock
-    let (r, _) = attempt(&d, "news@sender.example", "u@example.org");
+    let (r, _) = transaction(&d, "news@sender.example", "u@example.org");
     let text = reply_text(&r);
     assert!(
         text.starts_with("450 4.7.1 Greylisted, try again in "),
         "{text}"
     );
     // postmaster@ is never greylisted
-    let (r, _) = attempt(&d, "news@sender.example", "postmaster@example.org");
+    let (r, _) = transaction(&d, "news@sender.example", "postmaster@example.org");
     assert_eq!(r, Reply::Continue);
 
     std::thread::sleep(Duration::from_millis(2300));
-    let (r, eom) = attempt(&d, "news@sender.example", "u@example.org");
+    let (r, eom) = transaction(&d, "news@sender.example", "u@example.org");
     assert_eq!(r, Reply::Continue, "retry after the delay passes");
     let header = eom.iter().find_map(|r| match r {
         Reply::AddHeader { name, value } if &name[..] == b"X-Greylist" => {
@@ -63,24 +46,24 @@ fn greylist_lifecycle_and_persistence() {
         "{header}"
     );
     // autowhitelisted: no delay, no header
-    let (r, eom) = attempt(&d, "news@sender.example", "u@example.org");
+    let (r, eom) = transaction(&d, "news@sender.example", "u@example.org");
     assert_eq!(r, Reply::Continue);
     assert_eq!(eom, vec![Reply::Accept]);
     d.wait_log("greylist:new");
 
     // SIGTERM flushes the store; the autowhitelisted triplet is still known after a restart
     d.restart();
-    let (r, _) = attempt(&d, "news@sender.example", "u@example.org");
+    let (r, _) = transaction(&d, "news@sender.example", "u@example.org");
     assert_eq!(r, Reply::Continue, "{}", d.log());
     // and an unknown one is greylisted as before
-    let (r, _) = attempt(&d, "other@sender.example", "u@example.org");
+    let (r, _) = transaction(&d, "other@sender.example", "u@example.org");
     assert!(reply_text(&r).starts_with("450 4.7.1 Greylisted"));
 }
 
 #[test]
 fn dry_run_greylisting_tags_instead_of_refusing() {
     let d = Daemon::start("", &format!("mode = \"dry-run\"\n{GREYLIST}"));
-    let (r, eom) = attempt(&d, "news@sender.example", "u@example.org");
+    let (r, eom) = transaction(&d, "news@sender.example", "u@example.org");
     assert_eq!(r, Reply::Continue);
     let tagged = eom.iter().any(|r| {
         matches!(r, Reply::AddHeader { name, value }
@@ -134,7 +117,7 @@ fn cli(d: &Daemon, args: &[&str]) -> (bool, String) {
 #[test]
 fn admin_commands_list_add_del_purge() {
     let mut d = Daemon::start("", GREYLIST);
-    let (r, _) = attempt(&d, "news@sender.example", "u@example.org");
+    let (r, _) = transaction(&d, "news@sender.example", "u@example.org");
     assert!(reply_text(&r).starts_with("450 "));
     // the running daemon holds the embedded store: the command says so instead of corrupting it
     let (ok, text) = cli(&d, &["list"]);

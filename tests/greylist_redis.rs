@@ -7,8 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
-use common::{reply_text, Client, Daemon};
-use mxsentry::protocol::command::Command;
+use common::{reply_text, transaction, Daemon};
 use mxsentry::protocol::reply::Reply;
 
 fn config(redis: &RedisServer) -> String {
@@ -20,19 +19,7 @@ fn config(redis: &RedisServer) -> String {
 }
 
 fn rcpt(d: &Daemon, from: &str) -> (Reply, Vec<Reply>) {
-    let mut c = Client::tcp(d.port);
-    c.negotiate();
-    c.connect("client.example", "192.0.2.10");
-    c.helo("helo.example");
-    c.mail(from);
-    let r = c.rcpt("u@example.org").unwrap();
-    let eom = if r == Reply::Continue {
-        c.message()
-    } else {
-        Vec::new()
-    };
-    c.send(&Command::Quit);
-    (r, eom)
+    transaction(d, from, "u@example.org")
 }
 
 #[test]

@@ -455,3 +455,21 @@ pub fn reply_text(r: &Reply) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// One whole SMTP session from 192.0.2.10 (client.example): the RCPT reply and, when the
+/// recipient was accepted, every reply to end-of-message.
+pub fn transaction(d: &Daemon, from: &str, rcpt: &str) -> (Reply, Vec<Reply>) {
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    c.connect("client.example", "192.0.2.10");
+    c.helo("helo.example");
+    c.mail(from);
+    let r = c.rcpt(rcpt).expect("RCPT answered");
+    let eom = if r == Reply::Continue {
+        c.message()
+    } else {
+        Vec::new()
+    };
+    c.send(&Command::Quit);
+    (r, eom)
+}
