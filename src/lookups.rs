@@ -41,16 +41,7 @@ impl DnsChecks {
             dynamic: DynamicPatterns::new(&config.rdns.dynamic_patterns)?,
             dnsbl: config.dnsbl.clone(),
             helo_resolves: config.helo.check_resolves,
-            active: {
-                use crate::config::Action::Off;
-                let r = &config.rdns;
-                let d = &config.dnsbl;
-                let rdns_matters = [r.no_ptr, r.forged, r.dynamic].iter().any(|a| *a != Off);
-                rdns_matters
-                    || !d.zones.is_empty()
-                    || !d.domain_zones.is_empty()
-                    || config.helo.check_resolves
-            },
+            active: config.dns_checks_active(),
             // PTR and forward lookups run one after the other; one more timeout of slack.
             deadline: config.dns.timeout * 3,
         })

@@ -97,6 +97,19 @@ impl Config {
         .contains(&action)
     }
 
+    /// Whether any DNS finding can matter: with every rDNS action `off`, no lists and no HELO
+    /// resolution check, no lookup is started at all.
+    pub fn dns_checks_active(&self) -> bool {
+        let r = &self.rdns;
+        let d = &self.dnsbl;
+        [r.no_ptr, r.forged, r.dynamic]
+            .iter()
+            .any(|a| *a != Action::Off)
+            || !d.zones.is_empty()
+            || !d.domain_zones.is_empty()
+            || self.helo.check_resolves
+    }
+
     /// Where the daemon looks for its configuration unless told otherwise.
     pub const DEFAULT_PATH: &'static str = "/etc/mxsentry/milter.toml";
 

@@ -3,19 +3,32 @@
 use crate::config::{Action as FindingAction, Config};
 use crate::protocol::negotiate::{flags, Needs, StageSet};
 
-/// What mxsentry asks of the MTA under `config`: the stages it reads, the ones it answers
-/// (RCPT, where verdicts are given; CONNECT too when the banner may be held), the actions it
-/// may take and the macros it wants per stage.
+/// What mxsentry asks of the MTA under `config`: the stages it reads, the ones it answers, the
+/// actions it may take and the macros it wants per stage.
+///
+/// Answered stages:
+/// - RCPT, where verdicts are given;
+/// - DATA, although nothing is decided there: the reply makes the MTA's socket idle before it
+///   writes the end-of-message macros and command. Without it Postfix (no `TCP_NODELAY` on milter
+///   sockets) holds the second of those writes behind Nagle until our delayed ACK, ~40 ms per
+///   message (docs/performance.md);
+/// - CONNECT when the banner may be held, and when DNS checks run: Postfix keeps commands whose
+///   reply it does not await in its buffer, so without a reply the CONNECT (and the lookups it
+///   starts) would reach us only with the RCPT, and the lookups could not overlap HELO and MAIL.
 pub fn needs_for(config: &Config) -> Needs {
     let holds_banner =
         !config.greeting.networks.is_empty() || config.any_finding_action(FindingAction::Delay);
-    let mut reply_stages = StageSet::RCPT;
-    if holds_banner {
+    let mut reply_stages = StageSet::RCPT | StageSet::DATA;
+    if holds_banner || config.dns_checks_active() {
         reply_stages |= StageSet::CONNECT;
     }
     Needs {
         actions: flags::SMFIF_ADDHDRS,
-        stages: StageSet::CONNECT | StageSet::HELO | StageSet::MAIL | StageSet::RCPT,
+        stages: StageSet::CONNECT
+            | StageSet::HELO
+            | StageSet::MAIL
+            | StageSet::RCPT
+            | StageSet::DATA,
         reply_stages,
         macros: vec![
             (
