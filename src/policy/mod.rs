@@ -440,8 +440,8 @@ fn verdict_for_action(action: &Action) -> Option<Verdict> {
         Action::Reject => Verdict::Reject(default_reply(DEFAULT_REJECT_REPLY)),
         Action::Tempfail => Verdict::Tempfail(default_reply(DEFAULT_TEMPFAIL_REPLY)),
         Action::Discard => Verdict::Discard,
-        Action::Error(reply) if reply.is_temporary() => Verdict::Tempfail(reply.clone()),
-        Action::Error(reply) => Verdict::Reject(reply.clone()),
+        Action::Error(reply) if reply.is_temporary() => Verdict::Tempfail((**reply).clone()),
+        Action::Error(reply) => Verdict::Reject((**reply).clone()),
         Action::Skip => return None,
     })
 }

@@ -1,13 +1,16 @@
 //! The access table: parsing, loading and the sendmail-order lookups.
 
-use std::collections::hash_map::{Entry as Slot, HashMap};
+use std::collections::hash_map::{HashMap, RandomState};
 use std::fmt::Write as _;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use super::action::Action;
 use super::key::{mask_v4, mask_v6, parse_key, Key};
 use super::{Entry, LineError, Match, Tag};
+
+use hashbrown::HashTable;
 
 /// Why [`AccessTable::load`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +82,9 @@ impl LenSet {
 /// The entries of one tag (or of the untagged ones), indexed for lookups.
 #[derive(Debug, Default)]
 struct Index {
-    /// `user@domain`, `user@`, `domain`, `.domain`, `<>` -> entry number.
-    names: HashMap<String, u32>,
+    /// `user@domain`, `user@`, `domain`, `.domain`, `<>` -> entry number. Only the number is
+    /// stored: the key is the entry's own, so each of 100k keys is held once.
+    names: HashTable<u32>,
     /// (network, prefix length) -> entry number.
     v4: HashMap<(u32, u8), u32>,
     v6: HashMap<(u128, u8), u32>,
@@ -120,6 +124,8 @@ fn slot(tag: Tag) -> usize {
 pub struct AccessTable {
     entries: Vec<Entry>,
     index: [Index; 4],
+    /// Hashes the name keys (random per table: keys can come from senders).
+    hasher: RandomState,
     /// Some key starts with a dot (sendmail's lookupdotdomain form).
     dot_domains: bool,
 }
@@ -166,14 +172,26 @@ impl Builder {
         }
         let entry = Entry {
             tag: parsed.tag,
-            key: parsed.text,
+            key: parsed.text.into_boxed_str(),
             action,
-            line: number,
+            line: u32::try_from(number).map_err(|_| "too many lines".to_string())?,
         };
         self.table.insert(entry, parsed.key)
     }
 
-    fn finish(self) -> (AccessTable, Vec<LineError>) {
+    fn finish(mut self) -> (AccessTable, Vec<LineError>) {
+        // The table lives as long as the policy: give back the growth slack (a quarter of the
+        // daemon's idle memory with a 100k-line file).
+        self.table.entries.shrink_to_fit();
+        let entries = &self.table.entries;
+        let hasher = &self.table.hasher;
+        for index in &mut self.table.index {
+            index
+                .names
+                .shrink_to(0, |&n| hasher.hash_one(&*entries[n as usize].key));
+            index.v4.shrink_to_fit();
+            index.v6.shrink_to_fit();
+        }
         (self.table, self.errors)
     }
 }
@@ -239,13 +257,21 @@ impl AccessTable {
         let first = match key {
             Key::Name(name) => {
                 self.dot_domains |= name.starts_with('.');
-                match index.names.entry(name) {
-                    Slot::Occupied(o) => Some(*o.get()),
-                    Slot::Vacant(v) => {
-                        v.insert(n);
-                        None
-                    }
+                let entries = &self.entries;
+                let hash = self.hasher.hash_one(name.as_str());
+                let found = index
+                    .names
+                    .find(hash, |&m| *entries[m as usize].key == *name)
+                    .copied();
+                if found.is_none() {
+                    let hasher = &self.hasher;
+                    index.names.insert_unique(hash, n, |&m| {
+                        // Rehashing on growth reads the keys of entries already pushed;
+                        // the new one (n) is pushed below, so it is never rehashed here.
+                        hasher.hash_one(&*entries[m as usize].key)
+                    });
                 }
+                found
             }
             Key::V4 { net, len } => {
                 index.v4_lens.insert(len);
@@ -339,10 +365,12 @@ impl AccessTable {
 
     /// `Tag:key`, then the untagged `key`.
     fn search_name(&self, tag: Tag, key: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        let is_key = |&n: &u32| *self.entries[n as usize].key == *key;
         self.index[slot(tag)]
             .names
-            .get(key)
-            .or_else(|| self.index[UNTAGGED].names.get(key))
+            .find(hash, is_key)
+            .or_else(|| self.index[UNTAGGED].names.find(hash, is_key))
             .copied()
     }
 
@@ -477,6 +505,35 @@ fn verified_host(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_stay_small() {
+        // 100k entries are held for the daemon's life; idle RSS is a target (docs/performance.md).
+        assert!(
+            std::mem::size_of::<Entry>() <= 40,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+    }
+
+    #[test]
+    fn name_index_survives_growth_and_duplicates() {
+        let text: String = (0..5000)
+            .map(|i| format!("From:d{i}.example REJECT\n"))
+            .collect();
+        let (t, errors) = AccessTable::parse(&format!("{text}From:D17.example OK\n"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].reason.contains("first on line 18"),
+            "{}",
+            errors[0].reason
+        );
+        for i in [0, 17, 4999] {
+            let m = t.lookup_sender(&format!("x@sub.d{i}.example")).unwrap();
+            assert_eq!(m.entry.line, i + 1);
+        }
+        assert!(t.lookup_sender("x@d5000.example").is_none());
+    }
 
     #[test]
     fn lenset_iterates_longest_first() {

@@ -87,10 +87,10 @@ impl fmt::Display for Tag {
 pub struct Entry {
     pub tag: Tag,
     /// Lowercase, without the tag (`example.com`, `user@`, `192.0.2`, `ipv6:2001:db8`).
-    pub key: String,
+    pub key: Box<str>,
     pub action: Action,
-    /// 1-based line number in the file.
-    pub line: usize,
+    /// 1-based line number in the file (u32: 100k entries are held in memory).
+    pub line: u32,
 }
 
 /// Canonical form: `From:example.com REJECT`.
@@ -234,7 +234,7 @@ pub fn import_report(text: &str) -> (String, usize) {
         let _ = writeln!(out, "line {}: cannot use: {}: {original}", e.line, e.reason);
     };
     for entry in table.entries() {
-        while let Some(e) = bad.next_if(|e| e.line < entry.line) {
+        while let Some(e) = bad.next_if(|e| e.line < entry.line as usize) {
             write_bad(&mut out, e);
         }
         let _ = writeln!(out, "line {}: {entry}", entry.line);

@@ -386,7 +386,7 @@ fn seed_error_reply_is_exact() {
         panic!("not an error: {:?}", m.entry.action)
     };
     assert_eq!(
-        *reply,
+        **reply,
         SmtpReply {
             code: 550,
             enhanced: None,
