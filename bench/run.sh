@@ -6,21 +6,21 @@
 #   BENCH_ONLY="protocol latency" bash bench/run.sh      # a subset (names below)
 #
 # Scenarios (BENCH_ONLY words): protocol (also runs "all checks, warm DNS" interleaved),
-# latency, connections, e2e, greylist (placeholder: only records that it is not written yet;
-# skipped when `mxsentry greylist --help` fails).
+# latency, connections, e2e, greylist (through the milter, and `cargo bench --bench greylist`).
 # Knobs: BENCH_RUNS (3), BENCH_DURATION (4 s per throughput run), BENCH_CONC ("1 16 256"),
 # BENCH_HOLD (10000 idle connections), BENCH_E2E_MSGS (2000), BENCH_E2E_SESSIONS (20),
 # BENCH_E2E_SERIAL (50 messages one at a time), BENCH_LAT_SESSIONS (300),
 # BENCH_OUT (latest: the name of the results files), BENCH_KEEP=1 keeps the work directory.
 # Needs root for the Postfix part (the test bed's postfix/start.sh); the packages: postfix,
-# libmilter-dev, python3-milter, a C compiler.
+# libmilter-dev, python3-milter, redis-server, curl, a C compiler.
 #
 # Every server listens on 127.0.0.1, ports 18886-18999 (distinct from the tests' ports):
 #   18890 mxsentry protocol   18891 mxsentry all-checks   18892 null C   18893 null Python
 #   18894 mxsentry DNS-latency   18895 same + CONNECT reply   18896 mxsentry connections
 #   18897 null C connections   18898 mxsentry protocol + CONNECT reply   18899 mxsentry
 #   protocol, log level warn   18886/18887 null C with mxsentry's protocol flags (without /
-#   with a DATA reply)   18925 Postfix smtpd   18927 its smtp-sink   1898x metrics
+#   with a DATA reply)   18900/18901 mxsentry greylisting (embedded / Redis)   18979 redis-server
+#   18925 Postfix smtpd   18927 its smtp-sink   1898x/1899x metrics
 # Only processes this script started are stopped (by pid), and the throwaway Postfix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,7 +97,7 @@ MX="$ROOT/target/release/mxsentry"
 
 # ---------------------------------------------------------------------------------------------
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-for p in 18886 18887 18890 18891 18892 18893 18894 18895 18896 18897 18898 18899 18925 18927; do
+for p in 18886 18887 18890 18891 18892 18893 18894 18895 18896 18897 18898 18899 18900 18901 18979 18925 18927; do
   port_free "$p" || die "port 127.0.0.1:$p is in use (another bench running?)"
 done
 # 10,000 idle connections need 10,000+ descriptors in the filter and in the generator.
@@ -383,22 +383,62 @@ if want e2e; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# GREYLIST STORE -- PLACEHOLDER. The greylist store (src/store/embedded.rs,
-# src/checks/greylist.rs) is being written; this section runs once the daemon has a
-# `greylist` command. To do then (issue 7):
-#   * 1,000,000 stored triplets, decisions/s and p99 for the embedded store and for Redis
-#     (redis-server is installed; start one on 127.0.0.1:18979 with `--save "" --appendonly no`
-#     or with the store's durability, per design.md), the store's size on disk, daemon RSS;
-#   * through the milter: `milterload --unique-from` (a new triplet per session) against
-#     mxsentry with [greylist] enabled vs the null C filter, same run (target >= 0.8x).
+# Greylisting. (1) Through the milter: every session a new triplet (`--unique-from`), so every
+# RCPT is a store write (451 greylisted); mxsentry with the embedded store (group commit every
+# 1 s, design.md's durability) and with Redis (AOF, fsync every second), vs the null C filter
+# in the same runs (target >= 0.8x). (2) The store at 1,000,000 triplets: `cargo bench --bench
+# greylist` (decisions/s, p50/p99, p99 at 20,000/s, size on disk, RSS).
 if want greylist; then
-  if "$MX" greylist --help >/dev/null 2>&1; then
-    log "greylist: \`mxsentry greylist\` exists but this scenario is not written yet -- PLACEHOLDER"
-    emit "{\"scenario\":\"greylist\",\"status\":\"placeholder: mxsentry greylist exists, the scenario is not written yet\"}"
-  else
-    log "greylist: skipped (\`mxsentry greylist --help\` fails: the store is not wired yet)"
-    emit "{\"scenario\":\"greylist\",\"status\":\"skipped: mxsentry greylist not wired yet\"}"
-  fi
+  log "greylist through the milter: a new triplet per session, embedded store and Redis vs null C"
+  command -v redis-server >/dev/null || die "redis-server missing (apt-get install redis-server)"
+  mkdir -p "$W/redis"
+  start redis redis-server --port 18979 --bind 127.0.0.1 --save "" --appendonly yes \
+    --appendfsync everysec --dir "$W/redis" --daemonize no
+  gl_conf() {  # gl_conf FILE PORT METRICS_PORT STORE_LINES
+    mxconf "$1" "$2" "$3" protocol
+    sed -i 's/^enabled = false$/enabled = true/' "$1"
+    printf '%s\n' "$4" >> "$1.store"
+    sed -i "/^path = .*greylist-$2.db\"$/r $1.store" "$1"
+    "$MX" check-config --config "$1" >/dev/null || die "bad generated config $1"
+  }
+  gl_conf "$W/greylist.toml" 18900 18990 'commit_interval = "1s"'
+  gl_conf "$W/greylist-redis.toml" 18901 18991 "$(printf 'store = "redis"\nredis_url = "redis://127.0.0.1:18979/0"')"
+  grep -q '^enabled = true' "$W/greylist.toml" || die "greylisting not enabled in $W/greylist.toml"
+  start mx-greylist "$MX" run --config "$W/greylist.toml"
+  start mx-greylist-redis "$MX" run --config "$W/greylist-redis.toml"
+  kill -0 "$(pid_of null-c 2>/dev/null)" 2>/dev/null || { start null-c "$W/null_filter" inet:18892@127.0.0.1 1024; }
+  wait_port 18900 mx-greylist; wait_port 18901 mx-greylist-redis; wait_port 18892 null-c
+  for port in 18900 18901; do
+    "$ML" --target "inet:$port@127.0.0.1" --unique-from --concurrency 16 --duration 2 > "$W/warmup-$port.txt" 2>&1 \
+      || { cat "$W/warmup-$port.txt" >&2; die "greylist warm-up against $port failed"; }
+    grep -q "reply tempfail\|reply replycode" "$W/warmup-$port.txt" || { cat "$W/warmup-$port.txt" >&2; die "no greylisting reply from $port"; }
+  done
+  for run in $(seq 1 "$BENCH_RUNS"); do
+    for c in $BENCH_CONC; do
+      log "greylist run $run/$BENCH_RUNS, concurrency $c (load $(loadavg))"
+      common=(--unique-from --concurrency "$c" --duration "$BENCH_DURATION")
+      one_run greylist-unique mxsentry-embedded "$(pid_of mx-greylist)" "\"c\":$c,\"run\":$run," \
+        --target inet:18900@127.0.0.1 "${common[@]}" >/dev/null
+      one_run greylist-unique null-c "$(pid_of null-c)" "\"c\":$c,\"run\":$run," \
+        --target inet:18892@127.0.0.1 "${common[@]}" >/dev/null
+      one_run greylist-unique mxsentry-redis "$(pid_of mx-greylist-redis)" "\"c\":$c,\"run\":$run," \
+        --target inet:18901@127.0.0.1 "${common[@]}" >/dev/null
+    done
+  done
+  # What the daemons hold after the runs: RSS; the embedded store's size on disk and (once the
+  # daemon is stopped: the file is locked while it runs) its entries.
+  sleep 1.5   # one group commit
+  gl_rss="$(rss_kb "$(pid_of mx-greylist)")"; glr_rss="$(rss_kb "$(pid_of mx-greylist-redis)")"
+  redis_rss="$(rss_kb "$(pid_of redis)")"
+  stop mx-greylist; stop mx-greylist-redis; stop redis
+  gl_entries="$("$MX" greylist list --limit 1000000000 --config "$W/greylist.toml" 2>/dev/null | grep -c '^t:' || true)"
+  emit "{\"scenario\":\"greylist_daemon\",\"filter\":\"mxsentry-embedded\",\"rss_kb\":$gl_rss,\"store_bytes\":$(stat -c %s "$W/greylist-18900.db"),\"triplets\":${gl_entries:-0}}"
+  emit "{\"scenario\":\"greylist_daemon\",\"filter\":\"mxsentry-redis\",\"rss_kb\":$glr_rss,\"redis_rss_kb\":$redis_rss}"
+
+  log "greylist store at 1,000,000 triplets: cargo bench --bench greylist"
+  GL_BENCH_JSONL="$JSONL" cargo bench --bench greylist > "$W/greylist-bench.txt" 2>&1 \
+    || { tail -20 "$W/greylist-bench.txt" >&2; die "cargo bench --bench greylist failed"; }
+  grep -E '^(embedded|redis)' "$W/greylist-bench.txt" | sed 's/^/  /' >&2 || true
 fi
 
 # ---------------------------------------------------------------------------------------------

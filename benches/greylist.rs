@@ -5,6 +5,8 @@
 //! `Greylister::check` for 5 s at full speed from 64 tasks (half stored triplets, half new
 //! ones), then 5 s at a fixed 20,000 decisions/s, and print a markdown table. The Redis run
 //! starts its own `redis-server` on a free loopback port (skipped when it is not installed).
+//! With `GL_BENCH_JSONL=FILE` each backend's row is also appended to FILE as one JSON line
+//! (bench/run.sh's greylist scenario reads it).
 
 use std::io::{Read, Write as _};
 use std::net::{IpAddr, TcpListener, TcpStream};
@@ -413,5 +415,29 @@ fn main() {
             r.paced.per_sec,
             r.store_mb,
         );
+    }
+    if let Ok(path) = std::env::var("GL_BENCH_JSONL") {
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        for r in &rows {
+            let line = format!(
+                "{{\"scenario\":\"greylist_store\",\"backend\":\"{}\",\"stored\":{},\"preload_s\":{:.1},\"per_sec\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"paced_per_sec\":{:.0},\"paced_p99_ms\":{:.3},\"store_mb\":{:.1},\"rss_bench_mb\":{:.0},\"rss_redis_mb\":{}}}",
+                r.backend,
+                r.stored,
+                r.preload_s,
+                r.full.per_sec,
+                ms(r.full.p50),
+                ms(r.full.p99),
+                r.paced.per_sec,
+                ms(r.paced.p99),
+                r.store_mb,
+                r.rss_bench,
+                r.rss_redis.map_or("null".to_string(), |m| format!("{m:.0}")),
+            );
+            writeln!(out, "{line}").expect("write GL_BENCH_JSONL");
+        }
     }
 }

@@ -237,12 +237,23 @@ fn greylist(command: GreylistCommand) -> ExitCode {
         }
     });
     match result {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(out) => print_output(&out),
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a command's output; a reader that went away (`| head`) ends it quietly, as with the
+/// usual Unix tools, instead of a panic.
+fn print_output(out: &str) -> ExitCode {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the output: {e}");
             ExitCode::FAILURE
         }
     }
