@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::checks::dnsbl::{self, ZoneKind, ZoneResult};
 use crate::checks::helo::{self, HeloResolve};
 use crate::checks::rdns::{self, DynamicPatterns, RdnsResult};
+use crate::checks::rdns_mta;
 use crate::config::{Config, DnsblConfig};
 use crate::dns::Dns;
 
@@ -71,6 +72,12 @@ impl<T: Send + 'static> Pending<T> {
         }
     }
 
+    fn ready(value: T) -> Pending<T> {
+        Pending {
+            state: PendingState::Done(value),
+        }
+    }
+
     async fn wait(&mut self, until: tokio::time::Instant) -> Option<&T> {
         if let PendingState::Running(handle) = &mut self.state {
             self.state = match tokio::time::timeout_at(until, handle).await {
@@ -122,11 +129,20 @@ pub struct ClientLookups {
 }
 
 impl ClientLookups {
-    /// Starts the client's lookups (called at CONNECT).
-    pub fn start(checks: Arc<DnsChecks>, ip: IpAddr) -> ClientLookups {
+    /// Starts the client's lookups (called at CONNECT). `mta_verified`: the host name the MTA
+    /// verified itself and the MTA's name (see `checks::rdns_mta`); no PTR lookup then.
+    pub fn start(
+        checks: Arc<DnsChecks>,
+        ip: IpAddr,
+        mta_verified: Option<(String, String)>,
+    ) -> ClientLookups {
         let c = checks.clone();
-        let rdns = (!is_loopback(ip))
-            .then(|| Pending::spawn(async move { rdns::lookup(&c.dns, ip, &c.dynamic).await }));
+        let rdns = (!is_loopback(ip)).then(|| match mta_verified {
+            Some((name, mta)) => {
+                Pending::ready(rdns_mta::result_from_mta(ip, name, &mta, &c.dynamic))
+            }
+            None => Pending::spawn(async move { rdns::lookup(&c.dns, ip, &c.dynamic).await }),
+        });
         let c = checks.clone();
         let ip_lists = Pending::spawn(async move {
             counted(dnsbl::query_ip(&c.dns, ip, &c.dnsbl.zones, ZoneKind::Ip).await)

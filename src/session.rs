@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::checks::rdns_mta::MtaClientMacros;
 use crate::decision_log::{self, DecisionLine};
 use crate::lookups::ClientLookups;
 use crate::metrics::metrics;
@@ -202,7 +203,19 @@ impl Session {
                     _ => None,
                 };
                 // DNS starts now and runs while the MTA goes on with HELO and MAIL.
-                self.lookups = self.client_ip.and_then(|ip| self.policy.start_lookups(ip));
+                let text = |name: &str| {
+                    self.macros
+                        .get(name)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                };
+                let mta = MtaClientMacros {
+                    version: text("v"),
+                    client_resolve: text("client_resolve"),
+                    client_name: text("client_name"),
+                };
+                self.lookups = self
+                    .client_ip
+                    .and_then(|ip| self.policy.start_lookups(ip, mta));
                 if self
                     .negotiated
                     .as_ref()

@@ -78,6 +78,63 @@ fn fcrdns_outcomes() {
     assert!(log.contains("rdns:temp"), "{log}");
 }
 
+/// The RCPT reply for a client at 192.0.2.40 (no PTR record in the zone) whose CONNECT
+/// carries `macros`, and the PTR queries the DNS server saw.
+fn unresolvable_client_with_macros(d: &Daemon, macros: &[(&str, &str)]) -> (Reply, usize) {
+    d.dns.reset_counters();
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    c.connect_with_macros("mail.vouched.test", "192.0.2.40", macros);
+    c.helo("mail.vouched.test");
+    c.mail("a@sender.test");
+    let r = c.rcpt("u@example.org").expect("RCPT answered");
+    (r, d.dns.queries_for("40.2.0.192.in-addr.arpa"))
+}
+
+#[test]
+fn the_mtas_own_fcrdns_verification_is_used_not_repeated() {
+    let no_ptr = "450 4.7.25 Client host rejected: cannot find your hostname, [192.0.2.40]";
+    let d = Daemon::start_with_zone("", LISTS, ZONE);
+    // Postfix: {client_name} is the name it verified ("unknown" when it could not).
+    let postfix = [
+        ("v", "Postfix 3.7.11"),
+        ("{client_name}", "mail.vouched.test"),
+    ];
+    assert_eq!(
+        unresolvable_client_with_macros(&d, &postfix),
+        (Reply::Continue, 0),
+        "Postfix's verified name is taken without a PTR lookup"
+    );
+    let postfix_unknown = [("v", "Postfix 3.7.11"), ("{client_name}", "unknown")];
+    let (r, ptr_queries) = unresolvable_client_with_macros(&d, &postfix_unknown);
+    assert_eq!(reply_text(&r), no_ptr);
+    assert!(ptr_queries >= 1, "looked up itself");
+    // sendmail: only {client_resolve} = OK vouches for {client_name}.
+    let sendmail_ok = [
+        ("v", "8.17.1"),
+        ("{client_resolve}", "OK"),
+        ("{client_name}", "mail.vouched.test"),
+    ];
+    assert_eq!(
+        unresolvable_client_with_macros(&d, &sendmail_ok),
+        (Reply::Continue, 0)
+    );
+    let sendmail_forged = [
+        ("v", "8.17.1"),
+        ("{client_resolve}", "FORGED"),
+        ("{client_name}", "mail.vouched.test"),
+    ];
+    assert_eq!(
+        reply_text(&unresolvable_client_with_macros(&d, &sendmail_forged).0),
+        no_ptr
+    );
+    // trust_mta = false: always looked up.
+    let d_off = Daemon::start_with_zone("", "[rdns]\ntrust_mta = false\n", ZONE);
+    let (r, ptr_queries) = unresolvable_client_with_macros(&d_off, &postfix);
+    assert_eq!(reply_text(&r), no_ptr, "trust_mta = false looks up");
+    assert!(ptr_queries >= 1);
+}
+
 #[test]
 fn temporary_failure_never_rejects_even_when_no_ptr_rejects() {
     let d = Daemon::start_with_zone(

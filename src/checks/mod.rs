@@ -5,6 +5,7 @@ pub mod dnsbl;
 pub mod greylist;
 pub mod helo;
 pub mod rdns;
+pub mod rdns_mta;
 pub mod sender_rules;
 
 /// One observation of one check, with the evidence behind it.

@@ -276,6 +276,10 @@ pub struct RdnsConfig {
     /// `450 4.7.25 Client host rejected: hostname {client_name} does not resolve to address {client_ip}`.
     #[serde(deserialize_with = "de::one::<_, de::ReplyP>")]
     pub forged_reply: String,
+    /// Use the MTA's own FCrDNS verification when it reports one (Postfix's `{client_name}`,
+    /// sendmail's `{client_resolve}` = `OK`) instead of repeating the PTR and forward lookups;
+    /// anything else (no verified name, a failure) is still looked up. Default: true.
+    pub trust_mta: bool,
 }
 
 impl Default for RdnsConfig {
@@ -287,6 +291,7 @@ impl Default for RdnsConfig {
             dynamic_patterns: Vec::new(),
             no_ptr_reply:
                 "450 4.7.25 Client host rejected: cannot find your hostname, [{client_ip}]".into(),
+            trust_mta: true,
             forged_reply: "450 4.7.25 Client host rejected: hostname {client_name} does not \
                            resolve to address {client_ip}"
                 .into(),

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use crate::checks::greylist::Greylister;
 use crate::checks::helo;
+use crate::checks::rdns_mta::{self, MtaClientMacros};
 use crate::checks::sender_rules::{AccessTable, Action, RegexRule, SenderRules, SmtpReply};
 pub use crate::checks::Finding;
 use crate::config::{Action as FindingAction, Config, Mode, TrustedConfig};
@@ -198,11 +199,24 @@ impl Policy {
     }
 
     /// Starts the DNS lookups for a client (at CONNECT), unless it is trusted.
-    pub fn start_lookups(&self, ip: IpAddr) -> Option<ClientLookups> {
+    /// Starts the DNS lookups of a client at CONNECT; `mta`: what the MTA's CONNECT macros
+    /// say about its own verification of the client's name (used when `[rdns] trust_mta`).
+    pub fn start_lookups(&self, ip: IpAddr, mta: MtaClientMacros<'_>) -> Option<ClientLookups> {
         if self.trusted.is_trusted_ip(ip) || !self.dns.active {
             return None;
         }
-        Some(ClientLookups::start(self.dns.clone(), ip))
+        let mta_verified = if self.config.rdns.trust_mta {
+            rdns_mta::verified_name(mta).map(|name| {
+                let how = match mta.client_resolve {
+                    Some(_) => "{client_resolve}=OK".to_string(),
+                    None => mta.version.unwrap_or_default().to_string(),
+                };
+                (name, how)
+            })
+        } else {
+            None
+        };
+        Some(ClientLookups::start(self.dns.clone(), ip, mta_verified))
     }
 
     /// The banner delay for this client's network (`[greeting] networks`), if any.

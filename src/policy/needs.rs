@@ -33,7 +33,7 @@ pub fn needs_for(config: &Config) -> Needs {
         macros: vec![
             (
                 flags::SMFIM_CONNECT,
-                "j _ {daemon_name} {if_addr} {client_addr} {client_name} {client_ptr} {client_resolve}"
+                "j _ v {daemon_name} {if_addr} {client_addr} {client_name} {client_ptr} {client_resolve}"
                     .into(),
             ),
             (

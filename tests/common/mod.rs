@@ -361,8 +361,20 @@ impl Client {
     }
 
     pub fn connect(&mut self, hostname: &str, ip: &str) -> Option<Reply> {
+        self.connect_with_macros(hostname, ip, &[])
+    }
+
+    /// CONNECT with extra CONNECT-stage macros (`v`, `{client_name}`, ...).
+    pub fn connect_with_macros(
+        &mut self,
+        hostname: &str,
+        ip: &str,
+        extra: &[(&str, &str)],
+    ) -> Option<Reply> {
         let ip: IpAddr = ip.parse().unwrap();
-        self.macros(b'C', &[("j", "mx.example.org"), ("{daemon_name}", "test")]);
+        let mut pairs = vec![("j", "mx.example.org"), ("{daemon_name}", "test")];
+        pairs.extend_from_slice(extra);
+        self.macros(b'C', &pairs);
         self.stage(
             Command::Connect {
                 hostname: Bytes::copy_from_slice(hostname.as_bytes()),

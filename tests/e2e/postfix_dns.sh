@@ -34,6 +34,11 @@ out="$(pf 192.0.2.40 '[UNAVAILABLE]' --from "dns-noptr-$R@sender.good.test")"
 check "no PTR: RCPT TO -> 450 4.7.25" reply_is "RCPT TO" "$out" \
   '^<\*\* 450 4\.7\.25 Client host rejected: cannot find your hostname, \[192\.0\.2\.40\]$'
 
+# Postfix vouches for a name it verified itself ({client_name}, here set by XCLIENT NAME):
+# mxsentry takes it instead of repeating the lookups ([rdns] trust_mta, default on)
+out="$(pf 192.0.2.40 mail.vouched.test --from "dns-vouched-$R@sender.good.test")"
+check "name verified by Postfix, no PTR in DNS: RCPT TO -> 250 (rdns.trust_mta)" reply_is "RCPT TO" "$out" '^<-  250 '
+
 out="$(pf 192.0.2.50 '[TEMPUNAVAIL]' --from "dns-servfail-$R@sender.good.test")"
 check "PTR SERVFAIL: RCPT TO -> 451 4.4.3 (temporary, never 5xx)" reply_is "RCPT TO" "$out" \
   '^<\*\* 451 4\.4\.3 Temporary DNS failure'
