@@ -157,7 +157,10 @@ def main():
           "gaps of 20 ms before HELO and before MAIL (MAIL and RCPT pipelined). `added` = "
           "CONNECT→RCPT reply minus the time spent in the gaps. `MTA writes`: `sendmail` writes "
           "every command at once; `postfix` keeps commands whose reply is not awaited in its "
-          "buffer until the next awaited one (Postfix's VSTREAM flushes only before a read).")
+          "buffer until the next awaited one (Postfix's VSTREAM flushes only before a read). "
+          "`mxsentry` takes the client name the MTA verified (`[rdns] trust_mta`, the default; "
+          "the generator sends Postfix's `{client_name}`); `mxsentry-own-lookups` looks it up "
+          "itself (`trust_mta = false`): PTR then A/AAAA on the path.")
         p("")
         p("| filter | MTA writes | added p50 ms | added p99 ms | CONNECT→RCPT p50 ms | "
           "sessions | errors | replies |")
@@ -317,7 +320,7 @@ def main():
               + ", ".join(f"c={c}: {r:.2f}×" for c, r in ts) + f" | {'yes' if ok else 'NO'} |")
     if lat_added:
         for key in (("mxsentry", "sendmail"), ("mxsentry", "postfix"),
-                    ("mxsentry-connect-reply", "postfix")):
+                    ("mxsentry-own-lookups", "sendmail"), ("mxsentry-own-lookups", "postfix")):
             a = lat_added.get(key)
             if a is not None:
                 p(f"| DNS latency hiding: added ≤ 10 ms ({key[0]}, {key[1]} writes) | "

@@ -16,7 +16,7 @@
 #
 # Every server listens on 127.0.0.1, ports 18886-18999 (distinct from the tests' ports):
 #   18890 mxsentry protocol   18891 mxsentry all-checks   18892 null C   18893 null Python
-#   18894 mxsentry DNS-latency   18895 same + CONNECT reply   18896 mxsentry connections
+#   18894 mxsentry DNS-latency   18895 same, trust_mta = false   18896 mxsentry connections
 #   18897 null C connections   18898 mxsentry protocol + CONNECT reply   18899 mxsentry
 #   protocol, log level warn   18886/18887 null C with mxsentry's protocol flags (without /
 #   with a DATA reply)   18900/18901 mxsentry greylisting (embedded / Redis)   18979 redis-server
@@ -278,14 +278,15 @@ if want latency; then
   for _ in $(seq 1 100); do [ -s "$W/dns-slow.addr" ] && break; sleep 0.1; done
   [ -s "$W/dns-slow.addr" ] || die "DNS server did not start: $(cat "$W/dns-slow.log")"
   mxconf "$W/latency.toml" 18894 18984 checks "$(cat "$W/dns-slow.addr")"
-  # Same checks, plus a [greeting] network no client is in: mxsentry then asks for a CONNECT
-  # reply (and answers it at once), which makes Postfix flush CONNECT when it happens.
-  mxconf "$W/latency-connreply.toml" 18895 18985 checks "$(cat "$W/dns-slow.addr")" \
-    "$(printf '[greeting]\nnetworks = ["203.0.113.0/24"]\n')"
+  # Same checks, looking the client's name up itself instead of taking the MTA's verified
+  # {client_name} ([rdns] trust_mta = false): the PTR -> A chain is then on the path.
+  mxconf "$W/latency-own.toml" 18895 18985 checks "$(cat "$W/dns-slow.addr")"
+  sed -i 's/^dynamic = "greylist"$/dynamic = "greylist"\ntrust_mta = false/' "$W/latency-own.toml"
+  grep -q '^trust_mta = false' "$W/latency-own.toml" || die "trust_mta not set in latency-own.toml"
   start mx-latency "$MX" run --config "$W/latency.toml"
-  start mx-latency-cr "$MX" run --config "$W/latency-connreply.toml"
+  start mx-latency-own "$MX" run --config "$W/latency-own.toml"
   kill -0 "$(pid_of null-c 2>/dev/null)" 2>/dev/null || { start null-c "$W/null_filter" inet:18892@127.0.0.1 1024; }
-  wait_port 18894 mx-latency; wait_port 18895 mx-latency-cr; wait_port 18892 null-c
+  wait_port 18894 mx-latency; wait_port 18895 mx-latency-own; wait_port 18892 null-c
   lat=(--concurrency 16 --sessions "$BENCH_LAT_SESSIONS" --gap-ms 20 --clients "$W/data/slow.clients")
   off=0
   for run in $(seq 1 "$BENCH_RUNS"); do
@@ -296,13 +297,16 @@ if want latency; then
     one_run latency mxsentry "$(pid_of mx-latency)" "\"mode\":\"postfix\",\"run\":$run," \
       --target inet:18894@127.0.0.1 --mta postfix --client-offset $off "${lat[@]}" >/dev/null
     off=$((off + BENCH_LAT_SESSIONS))
-    one_run latency mxsentry-connect-reply "$(pid_of mx-latency-cr)" "\"mode\":\"postfix\",\"run\":$run," \
+    one_run latency mxsentry-own-lookups "$(pid_of mx-latency-own)" "\"mode\":\"sendmail\",\"run\":$run," \
+      --target inet:18895@127.0.0.1 --mta sendmail --client-offset $off "${lat[@]}" >/dev/null
+    off=$((off + BENCH_LAT_SESSIONS))
+    one_run latency mxsentry-own-lookups "$(pid_of mx-latency-own)" "\"mode\":\"postfix\",\"run\":$run," \
       --target inet:18895@127.0.0.1 --mta postfix --client-offset $off "${lat[@]}" >/dev/null
     off=$((off + BENCH_LAT_SESSIONS))
     one_run latency null-c "$(pid_of null-c)" "\"mode\":\"postfix\",\"run\":$run," \
       --target inet:18892@127.0.0.1 --mta postfix "${lat[@]}" >/dev/null
   done
-  stop mx-latency; stop mx-latency-cr; stop dns-slow
+  stop mx-latency; stop mx-latency-own; stop dns-slow
 fi
 
 # ---------------------------------------------------------------------------------------------

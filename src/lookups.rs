@@ -126,6 +126,8 @@ pub struct ClientLookups {
     allow_lists: Pending<Vec<ZoneResult>>,
     domain_lists: Option<(String, Pending<Vec<ZoneResult>>)>,
     helo_resolve: Option<(String, Pending<HeloResolve>)>,
+    /// The client name the MTA verified (forward-confirmed), if it said so.
+    mta_verified_name: Option<String>,
 }
 
 impl ClientLookups {
@@ -137,6 +139,7 @@ impl ClientLookups {
         mta_verified: Option<(String, String)>,
     ) -> ClientLookups {
         let c = checks.clone();
+        let mta_verified_name = mta_verified.as_ref().map(|(name, _)| name.clone());
         let rdns = (!is_loopback(ip)).then(|| match mta_verified {
             Some((name, mta)) => {
                 Pending::ready(rdns_mta::result_from_mta(ip, name, &mta, &c.dynamic))
@@ -159,6 +162,7 @@ impl ClientLookups {
             allow_lists,
             domain_lists: None,
             helo_resolve: None,
+            mta_verified_name,
         }
     }
 
@@ -168,12 +172,21 @@ impl ClientLookups {
         {
             return;
         }
-        let c = self.checks.clone();
         let owned = name.to_string();
-        self.helo_resolve = Some((
-            owned.clone(),
-            Pending::spawn(async move { helo::resolves(&c.dns, &owned).await }),
-        ));
+        // A HELO name that is the client's forward-confirmed name resolves (to the client):
+        // most MTAs greet with their own name, and the lookup would only add latency.
+        let is_verified_name = self
+            .mta_verified_name
+            .as_deref()
+            .is_some_and(|verified| name.trim_end_matches('.').eq_ignore_ascii_case(verified));
+        let pending = if is_verified_name {
+            Pending::ready(HeloResolve::Resolves)
+        } else {
+            let c = self.checks.clone();
+            let owned = owned.clone();
+            Pending::spawn(async move { helo::resolves(&c.dns, &owned).await })
+        };
+        self.helo_resolve = Some((owned, pending));
     }
 
     /// Starts the sender domain's lists (called at MAIL); the same domain is not asked twice.

@@ -128,6 +128,22 @@ fn the_mtas_own_fcrdns_verification_is_used_not_repeated() {
         reply_text(&unresolvable_client_with_macros(&d, &sendmail_forged).0),
         no_ptr
     );
+    // A HELO name that is the verified name resolves: not looked up either. Another one is.
+    let d_helo = Daemon::start_with_zone("", "[helo]\ncheck_resolves = true\n", ZONE);
+    assert_eq!(
+        unresolvable_client_with_macros(&d_helo, &postfix),
+        (Reply::Continue, 0)
+    );
+    assert_eq!(d_helo.dns.queries_for("mail.vouched.test"), 0);
+    let mut c = Client::tcp(d_helo.port);
+    c.negotiate();
+    c.connect_with_macros("mail.vouched.test", "192.0.2.40", &postfix);
+    c.helo("other.vouched.test");
+    c.mail("a@sender.test");
+    let r = c.rcpt("u@example.org").expect("RCPT answered");
+    assert!(reply_text(&r).starts_with("550 "), "{r:?}");
+    assert!(d_helo.dns.queries_for("other.vouched.test") >= 1);
+
     // trust_mta = false: always looked up.
     let d_off = Daemon::start_with_zone("", "[rdns]\ntrust_mta = false\n", ZONE);
     let (r, ptr_queries) = unresolvable_client_with_macros(&d_off, &postfix);

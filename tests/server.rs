@@ -61,6 +61,16 @@ fn negotiation_asks_only_for_what_is_needed() {
     let protocol = negotiated_protocol(&quiet);
     assert_ne!(protocol & flags::SMFIP_NR_CONN, 0, "CONNECT needs no reply");
     assert_eq!(protocol & flags::SMFIP_NR_DATA, 0, "DATA must be answered");
+
+    // A lookup that starts at HELO (the HELO name) or at MAIL (an RHSBL): that stage is
+    // answered too, so Postfix sends it at once.
+    let later = Daemon::start(
+        ACCESS,
+        "[helo]\ncheck_resolves = true\n[[dnsbl.domain_zones]]\nzone = \"dbl.test\"\n",
+    );
+    let protocol = negotiated_protocol(&later);
+    assert_eq!(protocol & flags::SMFIP_NR_HELO, 0, "HELO answered");
+    assert_eq!(protocol & flags::SMFIP_NR_MAIL, 0, "MAIL answered");
 }
 
 fn negotiated_protocol(d: &Daemon) -> u32 {

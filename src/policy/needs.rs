@@ -14,13 +14,22 @@ use crate::protocol::negotiate::{flags, Needs, StageSet};
 ///   message (docs/performance.md);
 /// - CONNECT when the banner may be held, and when DNS checks run: Postfix keeps commands whose
 ///   reply it does not await in its buffer, so without a reply the CONNECT (and the lookups it
-///   starts) would reach us only with the RCPT, and the lookups could not overlap HELO and MAIL.
+///   starts) would reach us only with the RCPT, and the lookups could not overlap HELO and MAIL;
+///   HELO and MAIL for the same reason when a lookup starts there.
 pub fn needs_for(config: &Config) -> Needs {
     let holds_banner =
         !config.greeting.networks.is_empty() || config.any_finding_action(FindingAction::Delay);
     let mut reply_stages = StageSet::RCPT | StageSet::DATA;
     if holds_banner || config.dns_checks_active() {
         reply_stages |= StageSet::CONNECT;
+    }
+    // Likewise for the lookups that start later: the HELO name's (at HELO) and the sender
+    // domain's lists (at MAIL).
+    if config.helo.check_resolves {
+        reply_stages |= StageSet::HELO;
+    }
+    if !config.dnsbl.domain_zones.is_empty() {
+        reply_stages |= StageSet::MAIL;
     }
     Needs {
         actions: flags::SMFIF_ADDHDRS,
