@@ -12,7 +12,7 @@
 # BENCH_E2E_SERIAL (50 messages one at a time), BENCH_LAT_SESSIONS (300),
 # BENCH_OUT (latest: the name of the results files), BENCH_KEEP=1 keeps the work directory.
 # Needs root for the Postfix part (the test bed's postfix/start.sh); the packages: postfix,
-# libmilter-dev, python3-milter, redis-server, curl, a C compiler.
+# libmilter-dev, python3-milter, redis-server, a C compiler (tests/testbed/install.sh installs them).
 #
 # Every server listens on 127.0.0.1, ports 18886-18999 (distinct from the tests' ports):
 #   18890 mxsentry protocol   18891 mxsentry all-checks   18892 null C   18893 null Python

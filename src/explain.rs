@@ -31,7 +31,7 @@ pub async fn explain(policy: &Policy, q: &Query) -> Explanation {
         .clone()
         .unwrap_or_else(|| format!("[{}]", q.client_ip));
     // No MTA here: the rDNS is looked up, whatever the MTA would have vouched for.
-    let mut lookups = policy.start_lookups(q.client_ip, Default::default());
+    let mut lookups = policy.start_lookups(q.client_ip, Default::default);
     if let Some(l) = &mut lookups {
         l.start_helo(&q.helo);
         l.start_sender(&q.from);

@@ -203,15 +203,15 @@ impl Session {
                     _ => None,
                 };
                 // DNS starts now and runs while the MTA goes on with HELO and MAIL.
-                let text = |name: &str| {
-                    self.macros
-                        .get(name)
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                };
-                let mta = MtaClientMacros {
-                    version: text("v"),
-                    client_resolve: text("client_resolve"),
-                    client_name: text("client_name"),
+                let macros = &self.macros;
+                let mta = || {
+                    let text =
+                        |name: &str| macros.get(name).and_then(|v| std::str::from_utf8(v).ok());
+                    MtaClientMacros {
+                        version: text("v"),
+                        client_resolve: text("client_resolve"),
+                        client_name: text("client_name"),
+                    }
                 };
                 self.lookups = self
                     .client_ip

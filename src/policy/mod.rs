@@ -201,10 +201,16 @@ impl Policy {
     /// Starts the DNS lookups for a client (at CONNECT), unless it is trusted.
     /// Starts the DNS lookups of a client at CONNECT; `mta`: what the MTA's CONNECT macros
     /// say about its own verification of the client's name (used when `[rdns] trust_mta`).
-    pub fn start_lookups(&self, ip: IpAddr, mta: MtaClientMacros<'_>) -> Option<ClientLookups> {
+    /// `mta` is only read when lookups start.
+    pub fn start_lookups<'m>(
+        &self,
+        ip: IpAddr,
+        mta: impl FnOnce() -> MtaClientMacros<'m>,
+    ) -> Option<ClientLookups> {
         if self.trusted.is_trusted_ip(ip) || !self.dns.active {
             return None;
         }
+        let mta = mta();
         let mta_verified = if self.config.rdns.trust_mta {
             rdns_mta::verified_name(mta).map(|name| {
                 let how = match mta.client_resolve {

@@ -19,7 +19,7 @@ if [ "${TB_SKIP_APT_UPDATE:-0}" != 1 ]; then
   timeout 600 apt-get update -qq >"$apt_log" 2>&1 || { tail -30 "$apt_log" >&2; die "apt-get update failed"; }
 fi
 timeout 900 apt-get install -y -q --no-install-recommends \
-  postfix swaks bind9-dnsutils miltertest libmilter-dev python3 python3-dnslib \
+  postfix swaks bind9-dnsutils miltertest libmilter-dev python3 python3-dnslib python3-milter \
   sendmail-cf m4 libwrap0 liblockfile1 libldap-2.5-0 libdb5.3 libnsl2 libsasl2-2 procps util-linux redis-server python3-prometheus-client \
   >>"$apt_log" 2>&1 || { tail -30 "$apt_log" >&2; die "apt-get install failed (log: $apt_log)"; }
 if [ ! -x "$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail" ]; then
