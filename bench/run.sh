@@ -19,7 +19,8 @@
 #   18894 mxsentry DNS-latency   18895 same, trust_mta = false   18896 mxsentry connections
 #   18897 null C connections   18898 mxsentry protocol + CONNECT reply   18899 mxsentry
 #   protocol, log level warn   18886/18887 null C with mxsentry's protocol flags (without /
-#   with a DATA reply)   18900/18901 mxsentry greylisting (embedded / Redis)   18979 redis-server
+#   with a DATA reply)   18900/18901 mxsentry greylisting (embedded / Redis)   18902 mxsentry
+#   for the Postfix e2e (sender rules + greylisting, whitelisted)   18979 redis-server
 #   18925 Postfix smtpd   18927 its smtp-sink   1898x/1899x metrics
 # Only processes this script started are stopped (by pid), and the throwaway Postfix.
 set -euo pipefail
@@ -97,7 +98,7 @@ MX="$ROOT/target/release/mxsentry"
 
 # ---------------------------------------------------------------------------------------------
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-for p in 18886 18887 18890 18891 18892 18893 18894 18895 18896 18897 18898 18899 18900 18901 18979 18925 18927; do
+for p in 18886 18887 18890 18891 18892 18893 18894 18895 18896 18897 18898 18899 18900 18901 18902 18979 18925 18927; do
   port_free "$p" || die "port 127.0.0.1:$p is in use (another bench running?)"
 done
 # 10,000 idle connections need 10,000+ descriptors in the filter and in the generator.
@@ -340,13 +341,18 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 if want e2e; then
-  log "end to end: smtp-source -> Postfix -> smtp-sink: without milter, with mxsentry (sender rules, nothing trusted), with the null C filter"
+  log "end to end: smtp-source -> Postfix -> smtp-sink: without milter, with mxsentry (sender rules + greylisting of whitelisted traffic, nothing trusted), with the null C filter"
   [ "$(id -u)" = 0 ] || die "the Postfix scenario needs root (tests/testbed/postfix/start.sh)"
-  kill -0 "$(pid_of mx-protocol 2>/dev/null)" 2>/dev/null || {
-    mxconf "$W/protocol.toml" 18890 18980 protocol
-    start mx-protocol "$MX" run --config "$W/protocol.toml"; wait_port 18890 mx-protocol; }
+  # mxsentry as the issue asks: sender rules + greylisting, smtp-source's triplet already
+  # whitelisted (every message is a store lookup and update, then accepted), nothing trusted.
+  mxconf "$W/e2e.toml" 18902 18992 protocol
+  sed -i 's/^enabled = false$/enabled = true/' "$W/e2e.toml"
+  "$MX" greylist add --config "$W/e2e.toml" --client-ip 127.0.0.1 \
+    --from user@sender.example --rcpt rcpt@example.org > "$W/e2e-greylist-add.log" 2>&1 \
+    || { cat "$W/e2e-greylist-add.log" >&2; die "cannot whitelist the e2e triplet"; }
+  start mx-e2e "$MX" run --config "$W/e2e.toml"; wait_port 18902 mx-e2e
   TB="$W/testbed"
-  PF_PORT=18925 PF_SINK_PORT=18927 MILTER_ADDR=127.0.0.1 MILTER_PORT=18890 \
+  PF_PORT=18925 PF_SINK_PORT=18927 MILTER_ADDR=127.0.0.1 MILTER_PORT=18902 \
     bash tests/testbed/postfix/start.sh "$TB" > "$W/postfix-start.log" 2>&1 \
     || { cat "$W/postfix-start.log" >&2; die "postfix did not start"; }
   PFC="$TB/postfix/etc"; SP="$TB/postfix/spool"; SINK="$TB/postfix/sink"
@@ -354,7 +360,7 @@ if want e2e; then
   drain() { for _ in $(seq 1 600); do queue_empty && return 0; sleep 0.1; done; log "queue not empty after 60 s"; }
   kill -0 "$(pid_of null-c 2>/dev/null)" 2>/dev/null || {
     start null-c "$W/null_filter" inet:18892@127.0.0.1 1024; wait_port 18892 null-c; }
-  milter_for() { case "$1" in mxsentry) echo "inet:127.0.0.1:18890";; null-c) echo "inet:127.0.0.1:18892";; *) echo "";; esac; }
+  milter_for() { case "$1" in mxsentry) echo "inet:127.0.0.1:18902";; null-c) echo "inet:127.0.0.1:18892";; *) echo "";; esac; }
   # warm-up (Postfix processes, queue files)
   /usr/sbin/smtp-source -s 10 -m 200 -l 1024 -f user@sender.example -t rcpt@example.org 127.0.0.1:18925 >/dev/null 2>&1 || true
   drain
@@ -365,7 +371,7 @@ if want e2e; then
       postconf -c "$PFC" -e "smtpd_milters = $(milter_for "$setup")"
       postfix -c "$PFC" reload >/dev/null 2>&1; sleep 2
       drain; rm -f "$SINK"/* 2>/dev/null || true
-      d0="$(grep -c ' decision ' "$W/mx-protocol.log" || true)"
+      d0="$(grep -c ' decision ' "$W/mx-e2e.log" || true)"
       la="$(loadavg)"
       { time /usr/sbin/smtp-source -s "$BENCH_E2E_SESSIONS" -m "$BENCH_E2E_MSGS" -l 1024 \
           -f user@sender.example -t rcpt@example.org 127.0.0.1:18925 > "$W/smtp-source.out" 2>&1 ; } 2> "$W/smtp-source.time"
@@ -377,13 +383,16 @@ if want e2e; then
       read -r sreal _ _ < "$W/smtp-source.time"
       drain; sleep 1
       delivered="$(find "$SINK" -type f | wc -l)"
-      d1="$(grep -c ' decision ' "$W/mx-protocol.log" || true)"
+      d1="$(grep -c ' decision ' "$W/mx-e2e.log" || true)"
       log "e2e run $run $setup: $BENCH_E2E_MSGS messages in ${real}s ($BENCH_E2E_SESSIONS sessions), serial ${sreal}s for $BENCH_E2E_SERIAL; delivered $delivered, mxsentry decisions $((d1 - d0)) (load $la)"
       emit "{\"scenario\":\"e2e\",\"setup\":\"$setup\",\"run\":$run,\"msgs\":$BENCH_E2E_MSGS,\"seconds\":$real,\"src_cpu_s\":$(awk -v a="$usr" -v b="$sys" 'BEGIN { printf "%.2f", a + b }'),\"serial_msgs\":$BENCH_E2E_SERIAL,\"serial_seconds\":$sreal,\"delivered\":$delivered,\"decisions\":$((d1 - d0)),\"load\":$la}"
     done
   done
   grep -E 'milter.*(timeout|error|reject)' "$TB/postfix/maillog" | tail -3 >&2 || true
   bash tests/testbed/postfix/stop.sh "$TB" >/dev/null 2>&1 || true; TB=""
+  stop mx-e2e
+  grep -q 'verdict=accept' "$W/mx-e2e.log" || die "mxsentry accepted nothing in the e2e runs"
+  if grep -q 'verdict=tempfail' "$W/mx-e2e.log"; then die "e2e messages were greylisted: the whitelist did not apply"; fi
 fi
 
 # ---------------------------------------------------------------------------------------------
