@@ -23,6 +23,15 @@ def fmt(x, nd=0):
     return f"{x:,.{nd}f}"
 
 
+def summed_replies(runs):
+    """The generator's replies by kind, added up over the runs."""
+    replies = {}
+    for x in runs:
+        for k, v in x["ml"]["replies"].items():
+            replies[k] = replies.get(k, 0) + v
+    return replies
+
+
 def stage(ml, name, key):
     s = ml.get("stages", {}).get(name)
     return s.get(key) if s else None
@@ -175,10 +184,7 @@ def main():
             c50 = med([stage(x["ml"], "connect_to_rcpt", "p50_us") for x in g])
             n = sum(x["ml"]["sessions"] for x in g)
             errs = sum(x["ml"]["errors"] for x in g)
-            replies = {}
-            for x in g:
-                for k, v in x["ml"]["replies"].items():
-                    replies[k] = replies.get(k, 0) + v
+            replies = summed_replies(g)
             p(f"| {key[0]} | {key[1]} | {fmt(a50 / 1000 if a50 else a50, 1)} | "
               f"{fmt(a99 / 1000 if a99 else a99, 1)} | {fmt(c50 / 1000 if c50 else c50, 1)} | {n} | "
               f"{errs} | {', '.join(f'{k} {v}' for k, v in sorted(replies.items()))} |")
@@ -267,10 +273,7 @@ def main():
                          if refs.get(x["run"])])
             if filt != "null-c":
                 gl_ratio[(filt, c)] = ratio
-            replies = {}
-            for x in g:
-                for k, v in x["ml"]["replies"].items():
-                    replies[k] = replies.get(k, 0) + v
+            replies = summed_replies(g)
             p(f"| {filt} | {c} | {fmt(med([x['ml']['sessions_per_sec'] for x in g]))} | "
               f"{fmt(ratio, 2) if filt != 'null-c' else '1'} | "
               f"{fmt(med([x['ml']['p50_us'] / 1000 for x in g]), 2)} / "
