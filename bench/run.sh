@@ -109,9 +109,12 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((BENCH_HOLD + 200))
 fi
 
 # ---------------------------------------------------------------------------------------------
-log "build: cargo build --release --bins; cc null_filter.c"
+log "build: cargo build --release --bins; cargo bench --bench greylist --no-run; cc null_filter.c"
 tb=$SECONDS
 cargo build --release --bins >"$W/build.log" 2>&1 || { tail -30 "$W/build.log" >&2; die "cargo build failed"; }
+if want greylist; then
+  cargo bench --bench greylist --no-run >>"$W/build.log" 2>&1 || { tail -30 "$W/build.log" >&2; die "cargo bench --no-run failed"; }
+fi
 cc -O2 -Wall -o "$W/null_filter" bench/null_filter.c -lmilter -lpthread || die "cannot build bench/null_filter.c (apt-get install libmilter-dev)"
 $PY -c 'import Milter' 2>/dev/null || die "python3-milter missing (apt-get install python3-milter)"
 BUILD_S=$((SECONDS - tb))
