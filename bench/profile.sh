@@ -27,30 +27,8 @@ wait_port() { for _ in $(seq 1 600); do timeout 1 bash -c "exec 3<>/dev/tcp/127.
 cargo build --release --bins >/dev/null 2>&1 || { echo "cargo build failed" >&2; exit 1; }
 cc -O2 -g -o "$W/null_filter" bench/null_filter.c -lmilter -lpthread
 /usr/bin/python3 bench/gen.py "$W/data" 100000
-cat > "$W/protocol.toml" <<EOT
-[milter]
-listen = "inet:18888@127.0.0.1"
-hostname = "mx.bench.test"
-[trusted]
-networks = []
-[dns]
-nameservers = ["127.0.0.1:9"]
-[helo]
-action = "off"
-[rdns]
-no_ptr = "off"
-forged = "off"
-dynamic = "off"
-[greylist]
-enabled = false
-path = "$W/greylist.db"
-[sender_rules]
-access_file = "$W/data/access"
-[metrics]
-listen = "127.0.0.1:18988"
-[log]
-level = "info"
-EOT
+source bench/lib.sh
+mx_config "$W/protocol.toml" protocol 18888 18988 "$W/data/access" "$W/greylist.db"
 ML=(target/release/milterload --concurrency 16)
 
 if perf stat -e instructions true >/dev/null 2>&1 && perf stat -e instructions true 2>&1 | grep -q '[0-9] *instructions'; then
@@ -105,35 +83,6 @@ run_callgrind null-c 18887 "" "$W/null_filter" inet:18887@127.0.0.1 1024
 target/release/milterload --dns-zone "$W/data/warm.zone" --dns-addr-file "$W/dns.addr" --dns-only > "$W/dns.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do [ -s "$W/dns.addr" ] && break; sleep 0.1; done
-cat > "$W/checks.toml" <<EOT
-[milter]
-listen = "inet:18886@127.0.0.1"
-hostname = "mx.bench.test"
-[trusted]
-networks = []
-[dns]
-nameservers = ["$(cat "$W/dns.addr")"]
-[helo]
-action = "reject"
-check_resolves = true
-[dnsbl]
-[[dnsbl.zones]]
-zone = "bl1.test"
-[[dnsbl.zones]]
-zone = "bl2.test"
-[[dnsbl.zones]]
-zone = "bl3.test"
-[[dnsbl.domain_zones]]
-zone = "dbl.test"
-[greylist]
-enabled = false
-path = "$W/greylist2.db"
-[sender_rules]
-access_file = "$W/data/access"
-[metrics]
-listen = "127.0.0.1:18986"
-[log]
-level = "info"
-EOT
+mx_config "$W/checks.toml" checks 18886 18986 "$W/data/access" "$W/greylist2.db" "$(cat "$W/dns.addr")"
 run_callgrind mxsentry-checks 18886 "$W/data/warm.clients" target/release/mxsentry run --config "$W/checks.toml"
 echo "profiles: bench/results/profile-mxsentry.txt, profile-null-c.txt, profile-mxsentry-checks.txt"

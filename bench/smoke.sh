@@ -39,30 +39,8 @@ Connect:10.1.2          REJECT
 Connect:IPv6:2001:db8:ffff      REJECT
 To:former@example.org   ERROR:5.1.1:"550 User unknown"
 EOT
-cat > "$W/milter.toml" <<EOT
-[milter]
-listen = "inet:$PORT@127.0.0.1"
-hostname = "mx.smoke.test"
-[trusted]
-networks = []
-[dns]
-nameservers = ["127.0.0.1:9"]
-[helo]
-action = "off"
-[rdns]
-no_ptr = "off"
-forged = "off"
-dynamic = "off"
-[greylist]
-enabled = false
-path = "$W/greylist.db"
-[sender_rules]
-access_file = "$W/access"
-[metrics]
-listen = "127.0.0.1:$MPORT"
-[log]
-level = "warn"
-EOT
+source bench/lib.sh
+mx_config "$W/milter.toml" protocol "$PORT" "$MPORT" "$W/access" "$W/greylist.db" "" "" warn
 target/debug/mxsentry check-config --config "$W/milter.toml"
 target/debug/mxsentry run --config "$W/milter.toml" 2> "$W/mxsentry.log" &
 MXPID=$!

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::checks::dnsbl::{self, ZoneKind, ZoneResult};
 use crate::checks::helo::{self, HeloResolve};
 use crate::checks::rdns::{self, DynamicPatterns, RdnsResult};
-use crate::checks::rdns_mta;
+use crate::checks::rdns_mta::{self, MtaVerified};
 use crate::config::{Config, DnsblConfig};
 use crate::dns::Dns;
 
@@ -132,18 +132,16 @@ pub struct ClientLookups {
 
 impl ClientLookups {
     /// Starts the client's lookups (called at CONNECT). `mta_verified`: the host name the MTA
-    /// verified itself and the MTA's name (see `checks::rdns_mta`); no PTR lookup then.
+    /// verified itself (see `checks::rdns_mta`); no PTR lookup then.
     pub fn start(
         checks: Arc<DnsChecks>,
         ip: IpAddr,
-        mta_verified: Option<(String, String)>,
+        mta_verified: Option<MtaVerified>,
     ) -> ClientLookups {
         let c = checks.clone();
-        let mta_verified_name = mta_verified.as_ref().map(|(name, _)| name.clone());
+        let mta_verified_name = mta_verified.as_ref().map(|v| v.name.clone());
         let rdns = (!is_loopback(ip)).then(|| match mta_verified {
-            Some((name, mta)) => {
-                Pending::ready(rdns_mta::result_from_mta(ip, name, &mta, &c.dynamic))
-            }
+            Some(v) => Pending::ready(rdns_mta::result_from_mta(ip, v, &c.dynamic)),
             None => Pending::spawn(async move { rdns::lookup(&c.dns, ip, &c.dynamic).await }),
         });
         let c = checks.clone();

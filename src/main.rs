@@ -183,9 +183,9 @@ fn main() -> ExitCode {
         } => match std::fs::read_to_string(&file) {
             Ok(text) => {
                 let (report, bad) = sender_rules::import_report(&text);
-                print!("{report}");
+                let written = print_output(&report);
                 if bad == 0 {
-                    ExitCode::SUCCESS
+                    written
                 } else {
                     ExitCode::FAILURE
                 }
@@ -273,11 +273,10 @@ fn explain(config_path: PathBuf, query: mxsentry::explain::Query, json: bool) ->
         };
         let explanation = mxsentry::explain::explain(&policy, &query).await;
         if json {
-            println!("{}", explanation.json(&query));
+            print_output(&format!("{}\n", explanation.json(&query)))
         } else {
-            print!("{}", explanation.text(&query));
+            print_output(&explanation.text(&query))
         }
-        ExitCode::SUCCESS
     })
 }
 

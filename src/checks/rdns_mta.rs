@@ -26,17 +26,27 @@ pub struct MtaClientMacros<'a> {
     pub client_name: Option<&'a str>,
 }
 
-/// The client host name the MTA verified (lowercased, no trailing dot), if it says it did.
-pub fn verified_name(m: MtaClientMacros<'_>) -> Option<String> {
-    let vouched = match m.client_resolve {
-        Some(resolve) => resolve.trim().eq_ignore_ascii_case("OK"),
+/// A client host name the MTA verified itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtaVerified {
+    /// Lowercased, no trailing dot.
+    pub name: String,
+    /// What vouched for it, for the evidence: `Postfix 3.7.11` or `{client_resolve}=OK`.
+    pub by: String,
+}
+
+/// The client host name the MTA verified, if it says it did.
+pub fn verified(m: MtaClientMacros<'_>) -> Option<MtaVerified> {
+    let by = match m.client_resolve {
+        Some(resolve) => resolve
+            .trim()
+            .eq_ignore_ascii_case("OK")
+            .then(|| "{client_resolve}=OK".to_string()),
         None => m
             .version
-            .is_some_and(|v| v.trim_start().starts_with("Postfix")),
-    };
-    if !vouched {
-        return None;
-    }
+            .filter(|v| v.trim_start().starts_with("Postfix"))
+            .map(|v| v.trim().to_string()),
+    }?;
     let name = m.client_name?.trim().trim_end_matches('.');
     let is_host_name = !name.is_empty()
         && name.len() <= 253
@@ -44,24 +54,25 @@ pub fn verified_name(m: MtaClientMacros<'_>) -> Option<String> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    is_host_name.then(|| name.to_ascii_lowercase())
+    is_host_name.then(|| MtaVerified {
+        name: name.to_ascii_lowercase(),
+        by,
+    })
 }
 
 /// The rDNS result for a name the MTA verified: no lookup was made.
-pub fn result_from_mta(
-    ip: IpAddr,
-    name: String,
-    mta: &str,
-    dynamic: &DynamicPatterns,
-) -> RdnsResult {
+pub fn result_from_mta(ip: IpAddr, verified: MtaVerified, dynamic: &DynamicPatterns) -> RdnsResult {
     let ip = ip.to_canonical();
-    let dynamic_why = dynamic.matches(&name, ip);
+    let dynamic_why = dynamic.matches(&verified.name, ip);
     RdnsResult {
         ip,
         outcome: RdnsOutcome::Ok,
-        evidence: vec![format!("verified by the MTA ({mta}), not looked up")],
-        ptr_names: vec![name.clone()],
-        verified_name: Some(name),
+        evidence: vec![format!(
+            "verified by the MTA ({}), not looked up",
+            verified.by
+        )],
+        ptr_names: vec![verified.name.clone()],
+        verified_name: Some(verified.name),
         dynamic: dynamic_why,
     }
 }
@@ -81,12 +92,14 @@ mod tests {
     #[test]
     fn postfix_verified_name_is_taken() {
         assert_eq!(
-            verified_name(postfix("Mail.Example.COM.")).as_deref(),
+            verified(postfix("Mail.Example.COM."))
+                .map(|v| v.name)
+                .as_deref(),
             Some("mail.example.com")
         );
-        assert_eq!(verified_name(postfix("unknown")), None);
-        assert_eq!(verified_name(postfix("")), None);
-        assert_eq!(verified_name(postfix("[192.0.2.1]")), None);
+        assert_eq!(verified(postfix("unknown")), None);
+        assert_eq!(verified(postfix("")), None);
+        assert_eq!(verified(postfix("[192.0.2.1]")), None);
     }
 
     #[test]
@@ -97,11 +110,11 @@ mod tests {
             client_name: Some("mail.example.com"),
         };
         assert_eq!(
-            verified_name(sendmail("OK")).as_deref(),
+            verified(sendmail("OK")).map(|v| v.name).as_deref(),
             Some("mail.example.com")
         );
         for r in ["FORGED", "FAIL", "TEMP", ""] {
-            assert_eq!(verified_name(sendmail(r)), None, "{r}");
+            assert_eq!(verified(sendmail(r)), None, "{r}");
         }
     }
 
@@ -113,18 +126,22 @@ mod tests {
             client_resolve: None,
             client_name: Some("mail.example.com"),
         };
-        assert_eq!(verified_name(m), None);
-        assert_eq!(verified_name(MtaClientMacros::default()), None);
+        assert_eq!(verified(m), None);
+        assert_eq!(verified(MtaClientMacros::default()), None);
     }
 
     #[test]
     fn result_judges_the_name_for_dynamic() {
         let d = DynamicPatterns::new::<&str>(&[]).unwrap();
         let ip: IpAddr = "192.0.2.60".parse().unwrap();
-        let r = result_from_mta(ip, "192-0-2-60.dsl.example.net".into(), "Postfix 3.7", &d);
+        let by_postfix = |name: &str| MtaVerified {
+            name: name.into(),
+            by: "Postfix 3.7".into(),
+        };
+        let r = result_from_mta(ip, by_postfix("192-0-2-60.dsl.example.net"), &d);
         assert_eq!(r.outcome, RdnsOutcome::Ok);
         assert!(r.dynamic.is_some());
-        let ok = result_from_mta(ip, "mail.example.com".into(), "Postfix 3.7", &d);
+        let ok = result_from_mta(ip, by_postfix("mail.example.com"), &d);
         assert_eq!(ok.dynamic, None);
         assert!(ok.findings()[0].detail.contains("verified by the MTA"));
     }

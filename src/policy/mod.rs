@@ -198,10 +198,9 @@ impl Policy {
         self.needs.clone()
     }
 
-    /// Starts the DNS lookups for a client (at CONNECT), unless it is trusted.
-    /// Starts the DNS lookups of a client at CONNECT; `mta`: what the MTA's CONNECT macros
-    /// say about its own verification of the client's name (used when `[rdns] trust_mta`).
-    /// `mta` is only read when lookups start.
+    /// Starts the DNS lookups of a client at CONNECT, unless it is trusted or no DNS check is
+    /// configured. `mta` (read only then): the MTA's CONNECT macros, whose own verification of
+    /// the client's name is taken under `[rdns] trust_mta`.
     pub fn start_lookups<'m>(
         &self,
         ip: IpAddr,
@@ -210,19 +209,12 @@ impl Policy {
         if self.trusted.is_trusted_ip(ip) || !self.dns.active {
             return None;
         }
-        let mta = mta();
-        let mta_verified = if self.config.rdns.trust_mta {
-            rdns_mta::verified_name(mta).map(|name| {
-                let how = match mta.client_resolve {
-                    Some(_) => "{client_resolve}=OK".to_string(),
-                    None => mta.version.unwrap_or_default().to_string(),
-                };
-                (name, how)
-            })
+        let verified = if self.config.rdns.trust_mta {
+            rdns_mta::verified(mta())
         } else {
             None
         };
-        Some(ClientLookups::start(self.dns.clone(), ip, mta_verified))
+        Some(ClientLookups::start(self.dns.clone(), ip, verified))
     }
 
     /// The banner delay for this client's network (`[greeting] networks`), if any.

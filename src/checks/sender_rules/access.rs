@@ -10,7 +10,13 @@ use super::action::Action;
 use super::key::{mask_v4, mask_v6, parse_key, Key};
 use super::{Entry, LineError, Match, Tag};
 
+use hashbrown::hash_table::Entry as NameSlot;
 use hashbrown::HashTable;
+
+/// The hash of entry `n`'s key, as the name index stores it.
+fn key_hash(hasher: &RandomState, entries: &[Entry], n: u32) -> u64 {
+    hasher.hash_one(&*entries[n as usize].key)
+}
 
 /// Why [`AccessTable::load`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -186,9 +192,7 @@ impl Builder {
         let entries = &self.table.entries;
         let hasher = &self.table.hasher;
         for index in &mut self.table.index {
-            index
-                .names
-                .shrink_to(0, |&n| hasher.hash_one(&*entries[n as usize].key));
+            index.names.shrink_to(0, |&n| key_hash(hasher, entries, n));
             index.v4.shrink_to_fit();
             index.v6.shrink_to_fit();
         }
@@ -257,21 +261,21 @@ impl AccessTable {
         let first = match key {
             Key::Name(name) => {
                 self.dot_domains |= name.starts_with('.');
-                let entries = &self.entries;
-                let hash = self.hasher.hash_one(name.as_str());
-                let found = index
-                    .names
-                    .find(hash, |&m| *entries[m as usize].key == *name)
-                    .copied();
-                if found.is_none() {
-                    let hasher = &self.hasher;
-                    index.names.insert_unique(hash, n, |&m| {
-                        // Rehashing on growth reads the keys of entries already pushed;
-                        // the new one (n) is pushed below, so it is never rehashed here.
-                        hasher.hash_one(&*entries[m as usize].key)
-                    });
+                let (entries, hasher) = (&self.entries, &self.hasher);
+                let slot = index.names.entry(
+                    hasher.hash_one(name.as_str()),
+                    |&m| *entries[m as usize].key == *name,
+                    // Rehashing on growth reads the keys of entries already pushed; the new one
+                    // (n) is pushed below, so it is never rehashed here.
+                    |&m| key_hash(hasher, entries, m),
+                );
+                match slot {
+                    NameSlot::Occupied(o) => Some(*o.get()),
+                    NameSlot::Vacant(v) => {
+                        v.insert(n);
+                        None
+                    }
                 }
-                found
             }
             Key::V4 { net, len } => {
                 index.v4_lens.insert(len);
