@@ -643,7 +643,7 @@ impl Metrics {
     }
 
     /// A connection ended by a protocol error or timeout; `reason` from [`PROTOCOL_ERRORS`]
-    /// (see [`protocol_error_reason`] to get it from a `ConnectionEnd`).
+    /// (the server maps how a connection ended to one of them).
     pub fn protocol_error(&self, reason: &'static str) {
         self.protocol_errors.get(reason).inc();
     }
@@ -709,30 +709,6 @@ impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
         self.metrics.connection_closed();
     }
-}
-
-/// The `mxsentry_protocol_errors_total` reason for how a connection ended, or `None` for a
-/// normal end (QUIT, the MTA closing between commands).
-pub fn protocol_error_reason(
-    end: &crate::server::connection::ConnectionEnd,
-) -> Option<&'static str> {
-    use crate::protocol::command::DecodeError;
-    use crate::protocol::frame::FrameError;
-    use crate::server::connection::ConnectionEnd as End;
-    use crate::session::SessionError;
-    Some(match end {
-        End::PeerClosed | End::Quit => return None,
-        End::Truncated => "truncated",
-        End::IdleTimeout(_) => "idle_timeout",
-        End::WriteTimeout(_) => "write_timeout",
-        End::Frame(FrameError::TooLarge { .. }) => "frame_too_large",
-        End::Frame(_) => "malformed",
-        End::Decode(DecodeError::UnknownCommand(_)) => "unknown_command",
-        End::Decode(_) => "malformed",
-        End::Session(SessionError::NotNegotiated(_)) => "not_negotiated",
-        End::Session(_) => "malformed",
-        End::Io(_) => "io",
-    })
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(

@@ -683,48 +683,6 @@ fn fixed_label_sets_do_not_collide() {
 }
 
 #[test]
-fn protocol_error_reasons_from_connection_ends() {
-    use crate::protocol::command::DecodeError;
-    use crate::protocol::frame::FrameError;
-    use crate::server::connection::ConnectionEnd as End;
-    use crate::session::SessionError;
-    let cases = [
-        (End::PeerClosed, None),
-        (End::Quit, None),
-        (End::Truncated, Some("truncated")),
-        (
-            End::IdleTimeout(Duration::from_secs(1)),
-            Some("idle_timeout"),
-        ),
-        (
-            End::WriteTimeout(Duration::from_secs(1)),
-            Some("write_timeout"),
-        ),
-        (
-            End::Frame(FrameError::TooLarge { len: 9, max: 1 }),
-            Some("frame_too_large"),
-        ),
-        (End::Frame(FrameError::Empty), Some("malformed")),
-        (
-            End::Decode(DecodeError::UnknownCommand(b'z')),
-            Some("unknown_command"),
-        ),
-        (
-            End::Session(SessionError::NotNegotiated("RCPT")),
-            Some("not_negotiated"),
-        ),
-        (End::Io(std::io::Error::other("x")), Some("io")),
-    ];
-    for (end, want) in cases {
-        let got = protocol_error_reason(&end);
-        assert_eq!(got, want, "{end}");
-        if let Some(r) = got {
-            assert!(PROTOCOL_ERRORS.contains(&r));
-        }
-    }
-}
-
-#[test]
 fn global_is_one_instance() {
     assert!(std::ptr::eq(metrics(), metrics()));
     let before = metrics().render();

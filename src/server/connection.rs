@@ -48,6 +48,28 @@ impl ConnectionEnd {
     pub fn is_clean(&self) -> bool {
         matches!(self, ConnectionEnd::PeerClosed | ConnectionEnd::Quit)
     }
+
+    /// The `mxsentry_protocol_errors_total` reason (one of `metrics::PROTOCOL_ERRORS`), or
+    /// `None` for a normal end (QUIT, the MTA closing between commands).
+    pub fn metric_reason(&self) -> Option<&'static str> {
+        use crate::protocol::command::DecodeError;
+        use crate::protocol::frame::FrameError;
+        use crate::session::SessionError;
+        use ConnectionEnd as End;
+        Some(match self {
+            End::PeerClosed | End::Quit => return None,
+            End::Truncated => "truncated",
+            End::IdleTimeout(_) => "idle_timeout",
+            End::WriteTimeout(_) => "write_timeout",
+            End::Frame(FrameError::TooLarge { .. }) => "frame_too_large",
+            End::Frame(_) => "malformed",
+            End::Decode(DecodeError::UnknownCommand(_)) => "unknown_command",
+            End::Decode(_) => "malformed",
+            End::Session(SessionError::NotNegotiated(_)) => "not_negotiated",
+            End::Session(_) => "malformed",
+            End::Io(_) => "io",
+        })
+    }
 }
 
 /// Read buffer size, and its growth step.
@@ -113,6 +135,51 @@ async fn flush<S: AsyncWrite + Unpin>(
         Ok(Ok(())) => {
             wbuf.clear();
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn protocol_error_reasons_from_connection_ends() {
+        use super::ConnectionEnd as End;
+        use crate::protocol::command::DecodeError;
+        use crate::protocol::frame::FrameError;
+        use crate::session::SessionError;
+        let cases = [
+            (End::PeerClosed, None),
+            (End::Quit, None),
+            (End::Truncated, Some("truncated")),
+            (
+                End::IdleTimeout(std::time::Duration::from_secs(1)),
+                Some("idle_timeout"),
+            ),
+            (
+                End::WriteTimeout(std::time::Duration::from_secs(1)),
+                Some("write_timeout"),
+            ),
+            (
+                End::Frame(FrameError::TooLarge { len: 9, max: 1 }),
+                Some("frame_too_large"),
+            ),
+            (End::Frame(FrameError::Empty), Some("malformed")),
+            (
+                End::Decode(DecodeError::UnknownCommand(b'z')),
+                Some("unknown_command"),
+            ),
+            (
+                End::Session(SessionError::NotNegotiated("RCPT")),
+                Some("not_negotiated"),
+            ),
+            (End::Io(std::io::Error::other("x")), Some("io")),
+        ];
+        for (end, want) in cases {
+            let got = end.metric_reason();
+            assert_eq!(got, want, "{end}");
+            if let Some(r) = got {
+                assert!(crate::metrics::PROTOCOL_ERRORS.contains(&r));
+            }
         }
     }
 }

@@ -288,7 +288,7 @@ async fn accept_loop(
                         }
                         Stream::Unix(s) => connection::serve(s, session, limits).await,
                     };
-                    if let Some(reason) = metrics::protocol_error_reason(&end) {
+                    if let Some(reason) = end.metric_reason() {
                         metrics().protocol_error(reason);
                     }
                     if end.is_clean() {
