@@ -78,3 +78,50 @@ fn access_import_lists_rules_and_bad_lines() {
     assert!(out.contains("line 5"), "{out}");
     assert!(out.contains("FROBNICATE"), "{out}");
 }
+
+/// The issue's case through `explain`: a sender's OK must not override `To:` entries.
+#[test]
+fn explain_applies_recipient_rules_after_a_senders_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access");
+    std::fs::write(
+        &access,
+        "From:friend@yourdomain.org OK\nTo:gone@example.org ERROR:5.1.1:\"550 User unknown\"\n\
+         To:spamtrap@example.org DISCARD\n",
+    )
+    .unwrap();
+    let path = dir.path().join("milter.toml");
+    // No DNS check is configured and the client is never looked up: nothing leaves loopback.
+    std::fs::write(
+        &path,
+        format!(
+            "[dns]\nnameservers = [\"127.0.0.1:9\"]\n[rdns]\nno_ptr = \"off\"\nforged = \"off\"\n\
+             dynamic = \"off\"\n[greylist]\nenabled = false\n[sender_rules]\naccess_file = {:?}\n",
+            access.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = mxsentry(&[
+        "explain",
+        "--config",
+        path.to_str().unwrap(),
+        "--client-ip",
+        "192.0.2.10",
+        "--from",
+        "friend@yourdomain.org",
+        "--rcpt",
+        "gone@example.org",
+        "--rcpt",
+        "spamtrap@example.org",
+        "--rcpt",
+        "u@example.org",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r = &v["recipients"];
+    assert_eq!(r[0]["verdict"], "reject", "{out}");
+    assert_eq!(r[0]["reply"], "550 5.1.1 User unknown", "{out}");
+    assert_eq!(r[1]["verdict"], "discard", "{out}");
+    assert_eq!(r[2]["verdict"], "accept", "{out}");
+}

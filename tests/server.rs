@@ -143,6 +143,43 @@ fn trusted_clients_and_connect_rules() {
     assert_eq!(r, Reply::Continue);
 }
 
+/// A sender's OK does not override `To:` entries, and is answered CONTINUE so the MTA keeps
+/// asking about every later recipient (ACCEPT at RCPT would end its checks of the message).
+#[test]
+fn a_senders_ok_leaves_recipient_rules_in_force() {
+    let access = "From:friend@yourdomain.org OK
+To:gone@example.org ERROR:5.1.1:\"550 User unknown\"
+To:spamtrap@example.org DISCARD
+";
+    let d = Daemon::start(access, "");
+    let mut c = Client::tcp(d.port);
+    c.negotiate();
+    let r = session(
+        &mut c,
+        "192.0.2.10",
+        "friend@yourdomain.org",
+        "u@example.org",
+    );
+    assert_eq!(r, Reply::Continue);
+    assert_eq!(
+        reply_text(&c.rcpt("gone@example.org").unwrap()),
+        "550 5.1.1 User unknown"
+    );
+    assert_eq!(c.rcpt("other@example.org"), Some(Reply::Continue));
+    assert_eq!(c.message().last(), Some(&Reply::Accept));
+    c.mail("friend@yourdomain.org");
+    assert_eq!(c.rcpt("u@example.org"), Some(Reply::Continue));
+    assert_eq!(c.rcpt("spamtrap@example.org"), Some(Reply::Discard));
+    c.send(&Command::Abort);
+    let log = d.wait_log("rcpt=<spamtrap@example.org>");
+    assert!(log.contains("reply=\"550 5.1.1 User unknown\""), "{log}");
+    assert!(log.contains("verdict=discard"), "{log}");
+    assert!(
+        log.contains("rcpt=<u@example.org,other@example.org>"),
+        "the accepted recipients are logged with their message: {log}"
+    );
+}
+
 #[test]
 fn abort_keeps_the_connection_state() {
     let d = Daemon::start(ACCESS, "");

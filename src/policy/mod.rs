@@ -29,7 +29,9 @@ use std::sync::Arc;
 use crate::checks::greylist::Greylister;
 use crate::checks::helo;
 use crate::checks::rdns_mta::{self, MtaClientMacros};
-use crate::checks::sender_rules::{AccessTable, Action, RegexRule, SenderRules, SmtpReply};
+use crate::checks::sender_rules::{
+    AccessTable, Action, RegexRule, RuleHit, SenderRules, SmtpReply,
+};
 pub use crate::checks::Finding;
 use crate::config::{Action as FindingAction, Config, Mode, TrustedConfig};
 use crate::lookups::{ClientLookups, DnsChecks};
@@ -127,6 +129,9 @@ pub struct Policy {
     dry_run: bool,
     tag_header: String,
     rules: SenderRules,
+    /// Some access entry applies to recipients (`To:` or untagged): an OK for the client or
+    /// the sender cannot be answered ACCEPT, which would end the MTA's checks of the message.
+    recipient_rules: bool,
     dns: Arc<DnsChecks>,
     needs: Arc<Needs>,
     /// Step 6; None where no store is open (`check-config`, `explain`).
@@ -168,6 +173,7 @@ impl Policy {
                 .collect(),
             dry_run: config.milter.mode == Mode::DryRun,
             tag_header: config.milter.tag_header.clone(),
+            recipient_rules: access.applies_to_recipients(),
             rules: SenderRules { access, regex },
         })
     }
@@ -306,35 +312,12 @@ impl Policy {
             return self.finish(Verdict::Continue, findings, String::new());
         }
 
-        // 3. Sender rules: client (Connect:), sender (From:, then regex), recipient (To:).
-        let hit = env
-            .client_ip
-            .and_then(|ip| {
-                self.rules
-                    .connect_hit(ip, verified_name(env.client_name))
-                    .filter(|h| !matches!(h.action, Action::Skip))
-            })
-            .or_else(|| {
-                self.rules
-                    .sender_hit(env.sender)
-                    .filter(|h| !matches!(h.action, Action::Skip))
-            })
-            .or_else(|| {
-                self.rules
-                    .recipient_hit(env.recipient)
-                    .filter(|h| !matches!(h.action, Action::Skip))
-            });
-        if let Some(hit) = hit {
-            let verdict = verdict_for_action(hit.action);
-            let cause = format!("sender_rules={}", hit.describe());
-            findings.push(Finding {
-                check: "sender_rules",
-                outcome: action_word(hit.action).into(),
-                detail: hit.describe(),
-            });
-            if let Some(verdict) = verdict {
-                return self.finish(verdict, findings, cause);
-            }
+        // 3. Sender rules, stage by stage as sendmail applies its access file: the client
+        //    (Connect:), the sender (From:, then regex), the recipient (To:). Each stage's entry
+        //    applies on its own, so an OK for the client or the sender never overrides a To:
+        //    entry for this recipient: the first refusal (in stage order) wins, else an OK.
+        if let Some(d) = self.sender_rules_step(env, &mut findings) {
+            return d;
         }
 
         // 4–5. DNS-based findings, each with its configured action.
@@ -400,6 +383,55 @@ impl Policy {
         d.greylist = greylist;
         d.headers = headers;
         d
+    }
+
+    /// Step 3. `Some` when a rule decides: a refusal or discard from any stage, else an OK.
+    /// An OK for the client or the sender covers the message, an OK for the recipient only
+    /// that recipient: both skip steps 4–6. A message-wide OK is answered ACCEPT (the MTA then
+    /// asks nothing more about the message) only when no `To:` rule could still refuse a later
+    /// recipient; otherwise it is CONTINUE and each recipient comes back through here.
+    fn sender_rules_step(
+        &self,
+        env: &Envelope<'_>,
+        findings: &mut Vec<Finding>,
+    ) -> Option<Decision> {
+        let decides = |h: &RuleHit<'_>| !matches!(h.action, Action::Skip);
+        let client = env
+            .client_ip
+            .and_then(|ip| self.rules.connect_hit(ip, verified_name(env.client_name)))
+            .filter(decides);
+        let sender = self.rules.sender_hit(env.sender).filter(decides);
+        let recipient = self.rules.recipient_hit(env.recipient).filter(decides);
+        let finding = |hit: &RuleHit<'_>| Finding {
+            check: "sender_rules",
+            outcome: action_word(hit.action).into(),
+            detail: hit.describe(),
+        };
+        let stages = [(client, true), (sender, true), (recipient, false)];
+        let mut ok: Option<(RuleHit<'_>, bool)> = None;
+        for (hit, message_wide) in stages.into_iter().filter_map(|(h, w)| Some((h?, w))) {
+            match verdict_for_action(hit.action) {
+                Some(Verdict::Accept) => {
+                    // The first OK in stage order: a message-wide one if there is any.
+                    ok.get_or_insert((hit, message_wide));
+                }
+                Some(verdict) => {
+                    findings.push(finding(&hit));
+                    let cause = format!("sender_rules={}", hit.describe());
+                    return Some(self.finish(verdict, std::mem::take(findings), cause));
+                }
+                None => {}
+            }
+        }
+        let (hit, message_wide) = ok?;
+        findings.push(finding(&hit));
+        let verdict = if message_wide && !self.recipient_rules {
+            Verdict::Accept
+        } else {
+            Verdict::Continue
+        };
+        let cause = format!("sender_rules={}", hit.describe());
+        Some(self.finish(verdict, std::mem::take(findings), cause))
     }
 
     /// Applies the mode: in dry-run a blocking verdict becomes a note and the mail goes on.

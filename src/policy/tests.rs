@@ -116,3 +116,96 @@ fn dry_run_never_blocks_but_remembers() {
     assert_eq!(d.verdict, Verdict::Continue);
     assert_eq!(d.would.unwrap().name(), "reject");
 }
+
+/// The issue's case: `From:friend OK` must not override `To:` entries for a recipient.
+const FRIEND: &str = "From:friend@yourdomain.org OK\n\
+    To:gone@example.org ERROR:5.1.1:\"550 User unknown\"\n\
+    To:spamtrap@example.org DISCARD\n\
+    Connect:192.0.2.77 OK\nFrom:spammer.example REJECT\n\
+    To:vip@example.org OK\n";
+
+#[test]
+fn to_entries_apply_whatever_the_client_or_sender_rules_said() {
+    let p = policy_with(FRIEND, "");
+    let d = decide(
+        &p,
+        &env("192.0.2.10", "friend@yourdomain.org", "gone@example.org"),
+    );
+    assert_eq!(
+        d.verdict.reply().unwrap().to_string(),
+        "550 5.1.1 User unknown"
+    );
+    assert_eq!(
+        d.cause,
+        "sender_rules=access:2 To:gone@example.org ERROR:5.1.1:\"550 User unknown\""
+    );
+    let d = decide(
+        &p,
+        &env(
+            "192.0.2.10",
+            "friend@yourdomain.org",
+            "spamtrap@example.org",
+        ),
+    );
+    assert_eq!(d.verdict, Verdict::Discard);
+    // The sender's OK still covers the other recipients: no DNS checks, no greylisting. It is
+    // answered CONTINUE, not ACCEPT: ACCEPT would end the MTA's checks for later recipients.
+    let d = decide(
+        &p,
+        &env("192.0.2.10", "friend@yourdomain.org", "u@example.org"),
+    );
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert_eq!(d.findings.len(), 1, "{:?}", d.findings);
+    assert_eq!(d.findings[0].outcome, "ok");
+    // A client's OK does not override the sender's entry either (sendmail: check_mail runs
+    // whatever check_relay said), nor a recipient's.
+    let d = decide(&p, &env("192.0.2.77", "x@spammer.example", "u@example.org"));
+    assert_eq!(d.verdict.name(), "reject");
+    let d = decide(
+        &p,
+        &env("192.0.2.77", "x@other.example", "gone@example.org"),
+    );
+    assert_eq!(d.verdict.name(), "reject");
+    let d = decide(&p, &env("192.0.2.77", "x@other.example", "u@example.org"));
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert!(d.findings.iter().all(|f| f.check == "sender_rules"));
+    // A recipient's OK covers that recipient only: CONTINUE, and no greylisting.
+    let d = decide(&p, &env("192.0.2.10", "x@other.example", "vip@example.org"));
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert_eq!(d.cause, "sender_rules=access:6 To:vip@example.org OK");
+    assert!(d.findings.iter().all(|f| f.check == "sender_rules"));
+    // ... while a recipient's refusal beats a sender's OK also in dry-run (noted, not enforced).
+    let p = policy_with(FRIEND, "[milter]\nmode = \"dry-run\"\n");
+    let d = decide(
+        &p,
+        &env("192.0.2.10", "friend@yourdomain.org", "gone@example.org"),
+    );
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert_eq!(d.would.unwrap().name(), "reject");
+}
+
+#[test]
+fn an_ok_is_answered_accept_only_when_no_recipient_rule_could_refuse_later() {
+    // Without To: (or untagged) entries nothing can change for a later recipient: ACCEPT lets
+    // the MTA skip asking about them.
+    let p = policy_with("From:friend@yourdomain.org OK\nConnect:192.0.2.77 OK\n", "");
+    let d = decide(
+        &p,
+        &env("192.0.2.10", "friend@yourdomain.org", "u@example.org"),
+    );
+    assert_eq!(d.verdict, Verdict::Accept);
+    let d = decide(&p, &env("192.0.2.77", "x@other.example", "u@example.org"));
+    assert_eq!(d.verdict, Verdict::Accept);
+    // An untagged entry applies to recipients too.
+    let p = policy_with("From:friend@yourdomain.org OK\nexample.net REJECT\n", "");
+    let d = decide(
+        &p,
+        &env("192.0.2.10", "friend@yourdomain.org", "u@example.org"),
+    );
+    assert_eq!(d.verdict, Verdict::Continue);
+    let d = decide(
+        &p,
+        &env("192.0.2.10", "friend@yourdomain.org", "u@example.net"),
+    );
+    assert_eq!(d.verdict.name(), "reject");
+}

@@ -126,6 +126,8 @@ From:dsn.example           ERROR:5.7.1:"550 Go away"
 linkedin.com               DISCARD
 From:friend.example        OK
 To:blocked@example.org     REJECT
+To:gone@example.org        ERROR:5.1.1:"550 User unknown"
+To:spamtrap@example.org    DISCARD
 Connect:192.0.2.66         REJECT
 EOT
   cat > "$S/mxsentry.toml" <<EOT

@@ -5,7 +5,8 @@
 #   accepted mail reaches the sink; REJECT sender -> 550 5.7.1 at RCPT (MAIL got 250) and exactly one
 #   verdict=reject decision line in the daemon log; DISCARD -> 250 but nothing reaches the sink
 #   (milter-discard in the maillog); ERROR:"..." text passed through exactly; TEMPFAIL -> 451 4.7.1;
-#   regex rule; Connect: rule; To: rule per recipient; postmaster@ exemption; trusted clients
+#   regex rule; Connect: rule; To: rule per recipient, also after a sender's OK; postmaster@
+#   exemption; trusted clients
 #   (192.0.2.200 via XCLIENT, 127.0.0.1 directly) bypass every rule.
 # Usage: bash tests/e2e/postfix.sh   (alone it starts DNS + daemon + postfix itself and stops them again)
 set -uo pipefail
@@ -88,6 +89,20 @@ check "To: rule: the other RCPT -> 250" reply_is "RCPT TO:<rcpt@example.org>" "$
 check "To: rule: message queued for the other recipient" grep -qE "$QUEUED" <<<"$out"
 check "To: rule: message reached the sink" wait_sink "$SINK" "X-E2E-Id: pf-to-$R"
 
+# --- a sender's OK does not override To: entries (sendmail applies them at every RCPT) ---
+out="$(pf "${GOOD[@]}" --from "pf-friend-$R@friend.example" --to "rcpt@example.org,gone@example.org" \
+          --header "X-E2E-Id: pf-friend-$R")"
+check "From: OK + To:gone ERROR:5.1.1: that RCPT -> 550 5.1.1 User unknown" \
+  reply_is "RCPT TO:<gone@example.org>" "$out" '^<\*\* 550 5\.1\.1 User unknown$'
+check "From: OK: the other RCPT -> 250" reply_is "RCPT TO:<rcpt@example.org>" "$out" '^<-  250 '
+check "From: OK: message reached the sink" wait_sink "$SINK" "X-E2E-Id: pf-friend-$R"
+from="pf-friend-trap-$R@friend.example"
+out="$(pf "${GOOD[@]}" --from "$from" --to "rcpt@example.org,spamtrap@example.org" \
+          --header "X-E2E-Id: pf-spamtrap-$R")"
+check "From: OK + To:spamtrap DISCARD: 250 queued" grep -qE "$QUEUED" <<<"$out" || show "$out"
+check "From: OK + To:spamtrap DISCARD: postfix logged milter-discard" \
+  maillog_has "milter-discard: RCPT from .*from=<$from>"
+
 # --- postmaster exemption ---
 out="$(pf "${GOOD[@]}" --from "pf-pm-$R@reject.example" --to postmaster@example.org --header "X-E2E-Id: pf-pm-$R")"
 check "postmaster: REJECT sender -> postmaster@ RCPT 250" reply_is "RCPT TO" "$out" '^<-  250 '
@@ -109,6 +124,7 @@ check "trusted 127.0.0.1: message reached the sink" wait_sink "$SINK" "X-E2E-Id:
 # --- the discarded ones never arrive: mail sent after them has been delivered by now ---
 check "discard: discarded message not in the sink" bash -c "! grep -qsF 'X-E2E-Id: pf-discard-$R' '$SINK'/*"
 check "discard: linkedin message not in the sink" bash -c "! grep -qsF 'X-E2E-Id: pf-linkedin-$R' '$SINK'/*"
+check "discard: spamtrap message not in the sink" bash -c "! grep -qsF 'X-E2E-Id: pf-spamtrap-$R' '$SINK'/*"
 
 new_maillog="$(tail -c +"$((ML0 + 1))" "$MAILLOG" 2>/dev/null)"
 check "postfix logged no milter trouble (warnings, timeouts, milter_default_action)" \

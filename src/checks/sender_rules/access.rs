@@ -248,6 +248,13 @@ impl AccessTable {
         self.entries.is_empty()
     }
 
+    /// Whether any entry can match a recipient (`To:` or untagged).
+    pub fn applies_to_recipients(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e.tag, Tag::To | Tag::Untagged))
+    }
+
     /// The entries in file order.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
