@@ -17,6 +17,7 @@ use crate::checks::rdns::{self, DynamicPatterns, RdnsResult};
 use crate::checks::rdns_mta::{self, MtaVerified};
 use crate::config::{Config, DnsblConfig};
 use crate::dns::Dns;
+use crate::log_limit::LogLimiter;
 
 /// The configured DNS checks, shared by every session under one policy.
 pub struct DnsChecks {
@@ -29,6 +30,10 @@ pub struct DnsChecks {
     /// Whether any finding from these lookups can matter: with every rDNS action `off` and no
     /// lists configured, no lookup is started at all.
     pub active: bool,
+    /// Whether the client's PTR/FCrDNS is looked up: an rDNS action is not `off`, or
+    /// greylisting keys verified clients by their rDNS domain (`pool_by_rdns`). Otherwise a
+    /// PTR lookup would only cost time (and a failure of it must not count).
+    pub rdns: bool,
 }
 
 impl DnsChecks {
@@ -43,6 +48,8 @@ impl DnsChecks {
             dnsbl: config.dnsbl.clone(),
             helo_resolves: config.helo.check_resolves,
             active: config.dns_checks_active(),
+            rdns: config.rdns_checks_active()
+                || (config.greylist.pool_by_rdns && config.may_greylist()),
             // PTR and forward lookups run one after the other; one more timeout of slack.
             deadline: config.dns.timeout * 3,
         })
@@ -140,7 +147,7 @@ impl ClientLookups {
     ) -> ClientLookups {
         let c = checks.clone();
         let mta_verified_name = mta_verified.as_ref().map(|v| v.name.clone());
-        let rdns = (!is_loopback(ip)).then(|| match mta_verified {
+        let rdns = (checks.rdns && !is_loopback(ip)).then(|| match mta_verified {
             Some(v) => Pending::ready(rdns_mta::result_from_mta(ip, v, &c.dynamic)),
             None => Pending::spawn(async move { rdns::lookup(&c.dns, ip, &c.dynamic).await }),
         });
@@ -247,13 +254,35 @@ impl ClientLookups {
     }
 }
 
-/// Counts each list's result (zone names come from the config: bounded label values).
+/// Counts each list's result (zone names come from the config: bounded label values), and
+/// warns, at most once a minute per zone, when a list cannot be reached or refuses to answer.
 fn counted(results: Vec<ZoneResult>) -> Vec<ZoneResult> {
+    static UNREACHABLE: LogLimiter = LogLimiter::new(Duration::from_secs(60));
     let m = crate::metrics::metrics();
     for r in &results {
-        m.dnsbl_result(&r.zone, r.outcome.as_str());
-        if matches!(r.outcome, dnsbl::ZoneOutcome::Refused(_)) {
-            m.dnsbl_refusal(&r.zone);
+        m.dnsbl_result(&r.zone, r.outcome.metric_result());
+        let failed = match &r.outcome {
+            dnsbl::ZoneOutcome::Refused(code) => {
+                m.dnsbl_refusal(&r.zone);
+                Some(code.to_string())
+            }
+            dnsbl::ZoneOutcome::Error(e) if e.is_temporary() => Some(e.to_string()),
+            _ => None,
+        };
+        if let Some(why) = failed {
+            if let Some(n) = UNREACHABLE.event(&r.zone) {
+                let effect = if r.tempfail_on_error {
+                    "may tempfail (temp_failure = \"tempfail\")"
+                } else {
+                    "ignored: counted as not listed"
+                };
+                tracing::warn!(
+                    zone = %r.zone,
+                    error = %why,
+                    failures = n,
+                    "DNS list gave no usable answer; {effect}"
+                );
+            }
         }
     }
     results

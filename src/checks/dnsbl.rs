@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use crate::checks::Finding;
-use crate::config::DnsblZone;
+use crate::config::{DnsblZone, TempFailureAction};
 use crate::dns::{reversed_ip, Dns, DnsError};
 
 /// The reply used when a zone has no `message` (IP lists and allow lists).
@@ -89,6 +89,18 @@ impl ZoneOutcome {
         }
     }
 
+    /// The `result` label of `mxsentry_dnsbl_results_total`: `listed`, `not_listed`,
+    /// `blocked` (the operator refused the query), `timeout` or `error`.
+    pub fn metric_result(&self) -> &'static str {
+        match self {
+            ZoneOutcome::Listed { .. } => "listed",
+            ZoneOutcome::NotListed => "not_listed",
+            ZoneOutcome::Refused(_) => "blocked",
+            ZoneOutcome::Error(DnsError::Timeout) => "timeout",
+            ZoneOutcome::Error(_) => "error",
+        }
+    }
+
     /// A lookup that failed temporarily (the zone might have listed the client).
     pub fn is_temporary(&self) -> bool {
         matches!(self, ZoneOutcome::Error(e) if e.is_temporary())
@@ -104,6 +116,8 @@ pub struct ZoneResult {
     pub weight: i32,
     /// The zone's configured reply template.
     pub message: Option<String>,
+    /// The zone's `temp_failure = "tempfail"`: a failed lookup may tempfail the message.
+    pub tempfail_on_error: bool,
     pub outcome: ZoneOutcome,
     /// The name queried (`10.2.0.192.zen.example`).
     pub query: String,
@@ -308,6 +322,7 @@ async fn query_zone(dns: &Dns, query: String, zone: &DnsblZone, kind: ZoneKind) 
         kind,
         weight: zone.weight,
         message: zone.message.clone(),
+        tempfail_on_error: zone.temp_failure == TempFailureAction::Tempfail,
         outcome: ZoneOutcome::NotListed,
         query,
         answers: Vec::new(),

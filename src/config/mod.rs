@@ -98,16 +98,28 @@ impl Config {
     }
 
     /// Whether any DNS finding can matter: with every rDNS action `off`, no lists and no HELO
-    /// resolution check, no lookup is started at all.
+    /// resolution check, no lookup is started at all. (An allow list counts: it skips
+    /// greylisting.)
     pub fn dns_checks_active(&self) -> bool {
-        let r = &self.rdns;
         let d = &self.dnsbl;
+        self.rdns_checks_active()
+            || !d.zones.is_empty()
+            || !d.domain_zones.is_empty()
+            || (!d.allow_zones.is_empty() && self.may_greylist())
+            || self.helo.check_resolves
+    }
+
+    /// Whether any rDNS outcome has an action other than `off`.
+    pub fn rdns_checks_active(&self) -> bool {
+        let r = &self.rdns;
         [r.no_ptr, r.forged, r.dynamic]
             .iter()
             .any(|a| *a != Action::Off)
-            || !d.zones.is_empty()
-            || !d.domain_zones.is_empty()
-            || self.helo.check_resolves
+    }
+
+    /// Whether greylisting can apply: for everyone, or for clients a finding selects.
+    pub fn may_greylist(&self) -> bool {
+        self.greylist.enabled || self.any_finding_action(Action::Greylist)
     }
 
     /// Where the daemon looks for its configuration unless told otherwise.

@@ -44,6 +44,29 @@ pub enum Action {
     Off,
 }
 
+impl Action {
+    /// What a check whose lookup failed temporarily may do, given the strongest action its
+    /// outcomes are configured with: a refusal becomes a temporary refusal (when
+    /// `[dns] temp_failure` says so), `greylist` stays greylisting, anything else (`delay`,
+    /// `tag`, `log`, `off`) leaves the verdict alone. A check that cannot refuse never refuses
+    /// because its lookup failed.
+    pub fn on_temp_failure(actions: &[Action], temp_failure: TempFailureAction) -> Action {
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::Reject | Action::Tempfail))
+        {
+            match temp_failure {
+                TempFailureAction::Tempfail => Action::Tempfail,
+                TempFailureAction::Ignore => Action::Log,
+            }
+        } else if actions.contains(&Action::Greylist) {
+            Action::Greylist
+        } else {
+            Action::Log
+        }
+    }
+}
+
 /// `[milter]`: how the MTA talks to us and who we are.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -183,14 +206,14 @@ impl TrustedConfig {
     }
 }
 
-/// What to do when a DNS lookup fails temporarily (timeout, SERVFAIL).
+/// What to do when a DNS lookup fails temporarily (timeout, SERVFAIL, REFUSED).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TempFailureAction {
     /// `"tempfail"`: answer with `dns.tempfail_reply`.
     #[default]
     Tempfail,
-    /// `"ignore"`: treat the check as passed.
+    /// `"ignore"`: treat the check as passed (counted and logged).
     Ignore,
 }
 
@@ -210,7 +233,9 @@ pub struct DnsConfig {
     /// Most lookups in flight at once (at least 1). Default: 256.
     #[serde(deserialize_with = "de::max_concurrent")]
     pub max_concurrent: usize,
-    /// `"tempfail"` or `"ignore"` on a temporary DNS failure. Default: tempfail.
+    /// `"tempfail"` or `"ignore"` when the rDNS or HELO lookups fail temporarily, for checks
+    /// whose action can refuse (a check that is `off`, `log` or `tag` never refuses because
+    /// of DNS). DNS lists have their own per-zone `temp_failure`. Default: tempfail.
     pub temp_failure: TempFailureAction,
     /// The 4xx reply for a temporary DNS failure.
     /// Default: `451 4.4.3 Temporary DNS failure, please try again later`.
@@ -355,6 +380,16 @@ pub struct DnsblZone {
     /// Lookup timeout for this list. Default: `dns.timeout`.
     #[serde(default, deserialize_with = "de::opt::<_, de::NonZeroDurationP>")]
     pub timeout: Option<Duration>,
+    /// When the list cannot be reached (timeout, SERVFAIL, REFUSED): `"ignore"` counts it as
+    /// not listed (logged and counted), as sendmail's FEATURE(dnsbl), Exim and rspamd do;
+    /// `"tempfail"` answers `dns.tempfail_reply` when this list's weight could have reached
+    /// the threshold. Default: ignore.
+    #[serde(default = "ignore")]
+    pub temp_failure: TempFailureAction,
+}
+
+fn ignore() -> TempFailureAction {
+    TempFailureAction::Ignore
 }
 
 fn default_weight() -> i32 {
@@ -369,6 +404,7 @@ impl Default for DnsblZone {
             returncodes: Vec::new(),
             message: None,
             timeout: None,
+            temp_failure: TempFailureAction::Ignore,
         }
     }
 }

@@ -601,3 +601,31 @@ fn line_helpers() {
     assert_eq!(key_line(text, "milter", "delay"), Some(4));
     assert_eq!(key_line(text, "dns", "delay"), None);
 }
+
+#[test]
+fn dns_lists_ignore_their_failures_unless_told_to_tempfail() {
+    let c = parse("[[dnsbl.zones]]\nzone = \"a.test\"\n[[dnsbl.zones]]\nzone = \"b.test\"\ntemp_failure = \"tempfail\"\n").unwrap();
+    assert_eq!(c.dnsbl.zones[0].temp_failure, TempFailureAction::Ignore);
+    assert_eq!(c.dnsbl.zones[1].temp_failure, TempFailureAction::Tempfail);
+    error_at(
+        "[[dnsbl.zones]]\nzone = \"a.test\"\ntemp_failure = \"maybe\"\n",
+        3,
+        "unknown variant `maybe`",
+    );
+}
+
+#[test]
+fn a_failed_lookup_refuses_only_as_far_as_its_check_could() {
+    use Action::*;
+    let tf = TempFailureAction::Tempfail;
+    assert_eq!(Action::on_temp_failure(&[Off, Off, Off], tf), Log);
+    assert_eq!(Action::on_temp_failure(&[Log, Tag, Delay], tf), Log);
+    assert_eq!(Action::on_temp_failure(&[Off, Off, Greylist], tf), Greylist);
+    assert_eq!(
+        Action::on_temp_failure(&[Tempfail, Off, Greylist], tf),
+        Tempfail
+    );
+    assert_eq!(Action::on_temp_failure(&[Reject], tf), Tempfail);
+    let ignore = TempFailureAction::Ignore;
+    assert_eq!(Action::on_temp_failure(&[Reject], ignore), Log);
+}

@@ -1,7 +1,7 @@
 //! Steps 4 and 5 for the DNS lookups: DNSWL, PTR/FCrDNS, HELO resolution, DNSBL/RHSBL.
 
 use crate::checks::{dnsbl, helo, rdns, Finding};
-use crate::config::{Action as FindingAction, TempFailureAction};
+use crate::config::Action as FindingAction;
 use crate::lookups::DnsResults;
 
 use super::outcome::{parse_reply, render_helo, Outcome, DYNAMIC_REPLY};
@@ -27,7 +27,11 @@ impl Policy {
             outcome.allow_listed = true;
         }
 
-        // PTR / FCrDNS.
+        // PTR / FCrDNS. A failed lookup refuses only as far as the rDNS actions could have.
+        let rdns_temp = FindingAction::on_temp_failure(
+            &[cfg.rdns.no_ptr, cfg.rdns.forged, cfg.rdns.dynamic],
+            cfg.dns.temp_failure,
+        );
         match r.rdns {
             None if !r.rdns_missing => {}
             None => {
@@ -36,9 +40,7 @@ impl Policy {
                     outcome: "temp".into(),
                     detail: "reverse lookup did not finish in time".into(),
                 });
-                if cfg.dns.temp_failure == TempFailureAction::Tempfail {
-                    outcome.add(FindingAction::Tempfail, temp_reply(), "rdns", "temp");
-                }
+                outcome.add(rdns_temp, temp_reply(), "rdns", "temp");
             }
             Some(res) => {
                 findings.extend(res.findings());
@@ -63,11 +65,7 @@ impl Policy {
                         "rdns",
                         "forged",
                     ),
-                    rdns::RdnsOutcome::Temp => {
-                        if cfg.dns.temp_failure == TempFailureAction::Tempfail {
-                            outcome.add(FindingAction::Tempfail, temp_reply(), "rdns", "temp");
-                        }
-                    }
+                    rdns::RdnsOutcome::Temp => outcome.add(rdns_temp, temp_reply(), "rdns", "temp"),
                 }
                 if res.dynamic.is_some() {
                     let reply = parse_reply(&vars(DYNAMIC_REPLY));
@@ -95,9 +93,9 @@ impl Policy {
                         outcome: "temp".into(),
                         detail: format!("HELO {}: lookup failed: {e}", env.helo),
                     });
-                    if cfg.dns.temp_failure == TempFailureAction::Tempfail {
-                        outcome.add(FindingAction::Tempfail, temp_reply(), "helo", "temp");
-                    }
+                    let action =
+                        FindingAction::on_temp_failure(&[cfg.helo.action], cfg.dns.temp_failure);
+                    outcome.add(action, temp_reply(), "helo", "temp");
                 }
             }
         }
@@ -114,7 +112,7 @@ impl Policy {
                 if heaviest.is_none_or(|h| z.weight > h.weight) {
                     heaviest = Some(z);
                 }
-            } else if z.outcome.is_temporary() {
+            } else if z.outcome.is_temporary() && z.tempfail_on_error {
                 unknown_weight += z.weight.max(0);
             }
         }
@@ -129,12 +127,15 @@ impl Policy {
             };
             outcome.add(action, reply, z.kind.check_name(), &z.zone);
         }
-        // Lists that failed could have tipped the score: ask the client to come back rather
-        // than accept (never reject on a DNS error).
+        // A list that failed is ignored (counted, logged in the findings), unless its
+        // `temp_failure = "tempfail"` and it could have tipped the score: then the client is
+        // asked to come back (never rejected on a DNS error).
         if score < threshold
             && score + unknown_weight >= threshold
-            && cfg.dnsbl.action == FindingAction::Reject
-            && cfg.dns.temp_failure == TempFailureAction::Tempfail
+            && matches!(
+                cfg.dnsbl.action,
+                FindingAction::Reject | FindingAction::Tempfail
+            )
         {
             outcome.add(FindingAction::Tempfail, temp_reply(), "dnsbl", "temp");
         }

@@ -58,11 +58,6 @@ fn attach(policy: Policy, store: &Option<Arc<dyn GreylistStore>>) -> Policy {
     }
 }
 
-/// Whether the configuration can greylist at all (for everyone, or selected by a finding).
-fn uses_greylisting(config: &Config) -> bool {
-    config.greylist.enabled || config.any_finding_action(crate::config::Action::Greylist)
-}
-
 impl PolicySource for SharedPolicy {
     fn current(&self) -> Arc<Policy> {
         self.current
@@ -92,7 +87,7 @@ impl Server {
     pub async fn run(self) -> Result<(), String> {
         let signals = Signals::install()?;
         // The greylist store first: a corrupt or unwritable file stops the start with its reason.
-        let greylister = if uses_greylisting(&self.config) {
+        let greylister = if self.config.may_greylist() {
             Some(Greylister::open(&self.config.greylist).await?)
         } else {
             None

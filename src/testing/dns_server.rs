@@ -125,45 +125,32 @@ impl TestDnsServer {
     /// for synchronous tests, and for integration tests that spawn the mxsentry binary.
     pub fn start_in_thread(zone: &str) -> io::Result<TestDnsServer> {
         let shared = Arc::new(Shared::new(Zone::parse(zone).map_err(invalid_data)?));
-        let (shutdown_tx, shutdown_rx) = watch::channel(());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
-        let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("test-dns-server".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .thread_name("test-dns-server")
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let mut shutdown = shutdown_rx.clone();
-                    let started = spawn_server(thread_shared, shutdown_rx).await;
-                    let ok = started.is_ok();
-                    let _ = ready_tx.send(started);
-                    if ok {
-                        // Returns once the TestDnsServer (the only sender) is dropped.
-                        let _ = shutdown.changed().await;
-                    }
-                });
-                // Dropping the runtime here cancels whatever is still pending.
-            })?;
-        let addr = ready_rx
-            .recv()
-            .map_err(|_| io::Error::other("the test DNS server thread died"))??;
+        let (addr, shutdown, thread) = spawn_thread(shared.clone(), None)?;
         Ok(TestDnsServer {
             addr,
             shared,
-            shutdown: Some(shutdown_tx),
+            shutdown: Some(shutdown),
             thread: Some(thread),
         })
+    }
+
+    /// Stops serving, as a DNS server that died: its sockets are closed, so queries to
+    /// [`addr`](Self::addr) get "port unreachable". [`restart`](Self::restart) brings it back
+    /// on the same address. Only for servers from [`start_in_thread`](Self::start_in_thread).
+    pub fn stop(&mut self) {
+        drop(self.shutdown.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Serves again on the same address and zone after [`stop`](Self::stop).
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        let (_, shutdown, thread) = spawn_thread(self.shared.clone(), Some(self.addr.port()))?;
+        self.shutdown = Some(shutdown);
+        self.thread = Some(thread);
+        Ok(())
     }
 
     /// Queries received so far (UDP and TCP, answered or dropped), e.g. to prove that a
@@ -232,11 +219,49 @@ impl TestDnsServer {
 
 impl Drop for TestDnsServer {
     fn drop(&mut self) {
-        drop(self.shutdown.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
+}
+
+/// Runs a server on its own runtime and thread (on `port`, or a free one); returns its address,
+/// the sender whose drop stops it, and the thread.
+fn spawn_thread(
+    shared: Arc<Shared>,
+    port: Option<u16>,
+) -> io::Result<(SocketAddr, watch::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
+    let thread = std::thread::Builder::new()
+        .name("test-dns-server".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("test-dns-server")
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut shutdown = shutdown_rx.clone();
+                let started = spawn_server_on(shared, shutdown_rx, port).await;
+                let ok = started.is_ok();
+                let _ = ready_tx.send(started);
+                if ok {
+                    // Returns once the sender is dropped.
+                    let _ = shutdown.changed().await;
+                }
+            });
+            // Dropping the runtime here cancels whatever is still pending.
+        })?;
+    let addr = ready_rx
+        .recv()
+        .map_err(|_| io::Error::other("the test DNS server thread died"))??;
+    Ok((addr, shutdown_tx, thread))
 }
 
 fn invalid_data(message: String) -> io::Error {
@@ -288,7 +313,21 @@ async fn spawn_server(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<()>,
 ) -> io::Result<SocketAddr> {
-    let (udp, tcp) = bind_pair().await?;
+    spawn_server_on(shared, shutdown, None).await
+}
+
+async fn spawn_server_on(
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<()>,
+    port: Option<u16>,
+) -> io::Result<SocketAddr> {
+    let (udp, tcp) = match port {
+        Some(port) => (
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).await?,
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?,
+        ),
+        None => bind_pair().await?,
+    };
     let addr = udp.local_addr()?;
     tokio::spawn(serve_udp(Arc::new(udp), shared.clone(), shutdown.clone()));
     tokio::spawn(serve_tcp(tcp, shared, shutdown));

@@ -47,6 +47,14 @@ out="$(pf 192.0.2.51 '[TEMPUNAVAIL]' --from "dns-timeout-$R@sender.good.test")"
 check "PTR never answered: RCPT TO -> 451 4.4.3 before the MTA's milter timeout" reply_is "RCPT TO" "$out" \
   '^<\*\* 451 4\.4\.3 Temporary DNS failure'
 
+# A DNS list that fails is ignored by default (counted, logged), never a refusal: the name is
+# vouched for by Postfix (XCLIENT NAME), so only the list decides
+out="$(pf 192.0.2.103 mail.vouched.test --from "dns-bl-servfail-$R@sender.good.test")"
+check "DNSBL SERVFAIL: RCPT TO -> 250 (the list is ignored, temp_failure = ignore)" reply_is "RCPT TO" "$out" '^<-  250 '
+out="$(pf 192.0.2.104 mail.vouched.test --from "dns-bl-timeout-$R@sender.good.test")"
+check "DNSBL never answered: RCPT TO -> 250 (the list is ignored)" reply_is "RCPT TO" "$out" '^<-  250 '
+check "DNSBL failure: a warning names the zone" wait_mxlog "DNS list gave no usable answer" "zone=bl.test"
+
 out="$(pf 192.0.2.100 '[UNAVAILABLE]' --from "dns-listed-$R@sender.good.test")"
 check "DNSBL listed: RCPT TO -> 550 5.7.1 ... listed in bl.test" reply_is "RCPT TO" "$out" \
   '^<\*\* 550 5\.7\.1 Mail from 192\.0\.2\.100 refused, listed in bl\.test$'

@@ -177,6 +177,7 @@ fn result(kind: ZoneKind, weight: i32, outcome: ZoneOutcome) -> ZoneResult {
         kind,
         weight,
         message: None,
+        tempfail_on_error: false,
         outcome,
         query: String::new(),
         answers: Vec::new(),
