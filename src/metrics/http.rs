@@ -148,29 +148,42 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, limits: Limits) {
         Ok(Err(e)) => Err(e),
         Err(_) => Err(HeadError::Timeout),
     };
-    let response = match head {
-        Ok(req) => respond(&req, metrics),
+    let (response, refused) = match head {
+        Ok(req) => (respond(&req, metrics), None),
         Err(HeadError::Closed) => return,
-        Err(HeadError::Malformed) => response(400, "Bad Request", "text/plain", "bad request\n"),
-        Err(HeadError::TooLarge) => response(
-            431,
-            "Request Header Fields Too Large",
-            "text/plain",
-            "request too large\n",
+        Err(HeadError::Malformed) => (
+            response(400, "Bad Request", "text/plain", "bad request\n"),
+            Some("malformed"),
         ),
-        Err(HeadError::Timeout) => {
-            response(408, "Request Timeout", "text/plain", "request timeout\n")
-        }
+        Err(HeadError::TooLarge) => (
+            response(
+                431,
+                "Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+            ),
+            Some("too_large"),
+        ),
+        Err(HeadError::Timeout) => (
+            response(408, "Request Timeout", "text/plain", "request timeout\n"),
+            Some("head_timeout"),
+        ),
     };
+    if let Some(reason) = refused {
+        metrics.http_connection_dropped(reason);
+    }
     let write = async {
         stream.write_all(&response).await?;
+        // Sends the FIN: the client sees the end of the response now, whatever follows.
         stream.shutdown().await
     };
-    if tokio::time::timeout(limits.write_timeout, write)
-        .await
-        .is_err()
-    {
-        return;
+    match tokio::time::timeout(limits.write_timeout, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            metrics.http_connection_dropped("write_timeout");
+            return;
+        }
     }
     // Read (and drop) what the client may still be sending, briefly, so closing the socket
     // with unread data does not reset the connection before the client has read the response.

@@ -26,6 +26,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("mxsentry_connections_open", "gauge"),
     ("mxsentry_connections_total", "counter"),
     ("mxsentry_protocol_errors_total", "counter"),
+    ("mxsentry_metrics_http_connections_dropped_total", "counter"),
     ("mxsentry_decision_duration_seconds", "histogram"),
     ("mxsentry_config_reloads_total", "counter"),
     (
@@ -303,6 +304,9 @@ fn fresh_render_parses_and_has_every_family() {
             samples[&key("mxsentry_protocol_errors_total", &[("reason", r)])],
             0.0
         );
+    }
+    for r in HTTP_DROP_REASONS {
+        assert_eq!(samples[&key(DROPPED, &[("reason", r)])], 0.0);
     }
     assert_eq!(
         samples[&key("mxsentry_config_reloads_total", &[("result", "failure")])],
@@ -791,7 +795,7 @@ async fn http_serves_metrics_healthz_and_404() {
 
 #[tokio::test]
 async fn http_survives_garbage_and_oversized_requests() {
-    let (addr, _m, tx, task) = start(None).await;
+    let (addr, m, tx, task) = start(None).await;
 
     let (status, _, _) = exchange(
         addr,
@@ -834,9 +838,17 @@ async fn http_survives_garbage_and_oversized_requests() {
     parse_exposition(&body);
     let (status, _, _) = get_path(addr, "/healthz").await;
     assert_eq!(status, 200);
+    assert_eq!(dropped(m, "malformed"), 4.0);
+    assert_eq!(dropped(m, "too_large"), 2.0);
 
     tx.send(true).unwrap();
     task.await.unwrap().unwrap();
+}
+
+const DROPPED: &str = "mxsentry_metrics_http_connections_dropped_total";
+
+fn dropped(m: &Metrics, reason: &str) -> f64 {
+    get(m, DROPPED, &[("reason", reason)])
 }
 
 #[tokio::test]
@@ -847,7 +859,7 @@ async fn http_idle_clients_time_out_and_free_their_slot() {
         write_timeout: Duration::from_millis(300),
         max_scrapes: 2,
     };
-    let (addr, _m, tx, task) = start(Some(limits)).await;
+    let (addr, m, tx, task) = start(Some(limits)).await;
     // Two silent clients take both slots.
     let mut idle1 = TcpStream::connect(addr).await.unwrap();
     let mut idle2 = TcpStream::connect(addr).await.unwrap();
@@ -871,6 +883,7 @@ async fn http_idle_clients_time_out_and_free_their_slot() {
             String::from_utf8_lossy(&out)
         );
     }
+    assert_eq!(dropped(m, "head_timeout"), 2.0);
     tx.send(true).unwrap();
     task.await.unwrap().unwrap();
 }
