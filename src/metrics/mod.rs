@@ -99,11 +99,17 @@ pub const PROTOCOL_ERRORS: [&str; 8] = [
 ];
 
 /// `reason` label values of `mxsentry_metrics_http_connections_dropped_total`: connections to
-/// the metrics endpoint answered 408 (`head_timeout`), 431 (`too_large`) or 400 (`malformed`),
-/// or whose response could not be written in time (`write_timeout`; a refused one can be
-/// counted twice, e.g. a 431 nobody reads). Anything else is `other`.
-pub const HTTP_DROP_REASONS: [&str; 4] =
-    ["head_timeout", "too_large", "malformed", "write_timeout"];
+/// the metrics endpoint closed at the connection cap before their response (`evicted`), answered
+/// 408 (`head_timeout`), 431 (`too_large`) or 400 (`malformed`), or whose response could not be
+/// written in time (`write_timeout`; a refused one can be counted twice, e.g. a 431 nobody
+/// reads). Anything else is `other`.
+pub const HTTP_DROP_REASONS: [&str; 5] = [
+    "evicted",
+    "head_timeout",
+    "too_large",
+    "malformed",
+    "write_timeout",
+];
 
 /// `backend` label values of the greylist families (resolved once; other `&'static str`
 /// backends are accepted too).
@@ -275,7 +281,7 @@ pub struct Metrics {
     connections_total: IntCounter,
     protocol_errors: Fixed<IntCounter, 8>,
 
-    http_dropped: Fixed<IntCounter, 4>,
+    http_dropped: Fixed<IntCounter, 5>,
 
     decision_duration: Histogram,
 
