@@ -126,3 +126,24 @@ fn reloads_are_counted() {
     assert_eq!(m["mxsentry_config_reloads_total{result=\"failure\"}"], 1.0);
     assert_eq!(m["mxsentry_config_reloads_total{result=\"success\"}"], 1.0);
 }
+
+/// Issue 11: hundreds of idle connections to the metrics port must not keep a scrape waiting
+/// (the daemon's own endpoint, as `mxsentry run` wires it).
+#[test]
+fn scrapes_answer_with_hundreds_of_idle_connections_open() {
+    let d = Daemon::start("", "");
+    let (status, _) = d.http_get("/healthz");
+    assert!(status.contains("200"), "{status}");
+    // Over twice the endpoint's connection cap (256).
+    let idle: Vec<_> = (0..600)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", d.metrics_port)).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    let (status, body) = d.http_get("/metrics");
+    let took = started.elapsed();
+    println!("scrape of the daemon with 600 idle connections open: {took:?}");
+    assert!(status.contains("200"), "{status}");
+    assert!(parse(&body).contains_key("mxsentry_build_info{version=\"0.1.0\"}"));
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    drop(idle);
+}

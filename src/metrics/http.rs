@@ -1,31 +1,58 @@
 //! A minimal HTTP/1.1 endpoint for Prometheus: `GET /metrics` (text exposition format) and
 //! `GET /healthz` (`ok`); anything else is 404 (or 405 for a method other than GET/HEAD).
 //!
-//! Built on tokio alone — the daemon serves two fixed documents to a scraper on a private
-//! address, which does not justify an HTTP stack as a dependency. It is bounded like the milter
-//! side: a request head is at most [`MAX_REQUEST`] bytes and must arrive within
-//! [`READ_TIMEOUT`], at most [`MAX_SCRAPES`] requests are served at once (more wait in the
-//! accept queue), and every response closes the connection.
+//! The endpoint must keep answering scrapes whatever else connects to it: monitoring that
+//! reads "down" while the milter serves mail is an outage of its own. So every connection is
+//! bounded in space and time, and a new connection is never left waiting behind old ones:
+//!
+//! - **Connections**: at most [`MAX_CONNECTIONS`] open. Accepting never waits; at the cap the
+//!   connection accepted earliest that has not yet sent a complete request is closed to make
+//!   room (failing that, the earliest one lingering after its response, then the earliest one
+//!   still being written to). A scraper sends its request as soon as it connects, so idle,
+//!   slow or abandoned connections are the ones that go.
+//! - **Request head**: at most [`MAX_REQUEST`] bytes, complete within [`READ_TIMEOUT`] of the
+//!   accept. A deadline for the whole head, not for each read, so a client that sends a byte a
+//!   second is cut as surely as a silent one (408).
+//! - **Response**: written within [`WRITE_TIMEOUT`], for clients that never read.
+//! - **Close**: one request per connection (`Connection: close`). After the response the
+//!   server sends its FIN and reads what the client still sends, up to [`LINGER_BYTES`] for at
+//!   most [`LINGER_TIMEOUT`], before closing: closing with unread input makes the kernel send
+//!   a reset, and a client still writing a large request would then lose the 431 it has not
+//!   read yet.
+//!
+//! Built on tokio alone. hyper (with hyper-util) was considered: its HTTP/1 server has a
+//! header read timeout and a buffer limit, but no connection cap (let alone eviction), no
+//! write deadline and no lingering close (it closes with the input unread: hyper 1.13 answers
+//! a 5 MB head with a reset, not its 431; see also hyper#3078), so the accept loop, the cap
+//! and the close would be written around it anyway, for eight more crates. The two fixed
+//! documents here need none of its features (keep-alive, bodies, chunking, HTTP/2).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
 
 use super::Metrics;
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_REQUEST: usize = 8 * 1024;
-/// Longest wait for a complete request head.
+/// Longest wait for a complete request head, from the accept (not per read).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait to write a response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most requests served at once.
-pub const MAX_SCRAPES: usize = 64;
+/// Most connections open at once; at the cap a new one replaces the oldest idle one.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Longest time spent reading (and dropping) what a client still sends after its response.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes read (and dropped) after a response: a 5 MB request head is drained whole, so
+/// its sender reads the 431 instead of a reset.
+pub const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
 /// The content type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -35,14 +62,18 @@ pub(super) struct Limits {
     pub(super) max_request: usize,
     pub(super) read_timeout: Duration,
     pub(super) write_timeout: Duration,
-    pub(super) max_scrapes: usize,
+    pub(super) max_connections: usize,
+    pub(super) linger_timeout: Duration,
+    pub(super) linger_bytes: usize,
 }
 
-const LIMITS: Limits = Limits {
+pub(super) const LIMITS: Limits = Limits {
     max_request: MAX_REQUEST,
     read_timeout: READ_TIMEOUT,
     write_timeout: WRITE_TIMEOUT,
-    max_scrapes: MAX_SCRAPES,
+    max_connections: MAX_CONNECTIONS,
+    linger_timeout: LINGER_TIMEOUT,
+    linger_bytes: LINGER_BYTES,
 };
 
 /// Binds the metrics address, so the daemon can refuse to start when it is taken; serve the
@@ -85,16 +116,12 @@ pub(super) async fn serve_with(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listen = %addr, "metrics endpoint listening");
     }
-    let slots = Arc::new(Semaphore::new(limits.max_scrapes));
+    let table: Table = Arc::default();
     let mut backoff = Duration::from_millis(10);
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(()) },
-            c = shutdown.changed() => { if c.is_err() { return Ok(()) } continue }
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             c = shutdown.changed() => { if c.is_err() { return Ok(()) } continue }
@@ -102,11 +129,29 @@ pub(super) async fn serve_with(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
-                tokio::spawn(async move {
-                    handle(stream, metrics, limits).await;
-                    tracing::trace!(peer = %peer, "metrics request served");
-                    drop(permit);
+                let (slot, evicted) = Slot::enter(&table, limits.max_connections);
+                if let Some(victim) = evicted {
+                    // A lingering connection has its response already: closing it drops
+                    // nothing.
+                    if victim.phase != Phase::Linger {
+                        metrics.http_connection_dropped("evicted");
+                    }
+                    tracing::trace!(phase = ?victim.phase, "metrics connection cap: evicted");
+                    if let Some(task) = victim.task {
+                        task.abort();
+                    }
+                }
+                let id = slot.id;
+                let task = tokio::spawn(async move {
+                    handle(stream, metrics, limits, &slot).await;
+                    tracing::trace!(peer = %peer, "metrics connection closed");
                 });
+                // Recorded after the spawn, not under the lock in `enter`: a task dropped at
+                // once (by a runtime shutting down) takes the lock in `Slot::drop`. Only this
+                // loop evicts, so no eviction looks for the handle before it is set.
+                if let Some(c) = lock(&table).open.get_mut(&id) {
+                    c.task = Some(task.abort_handle());
+                }
             }
             Err(e) => {
                 tracing::warn!("metrics accept failed: {e}; retrying in {backoff:?}");
@@ -114,6 +159,91 @@ pub(super) async fn serve_with(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// Where a connection is. The order is the eviction order at the cap: a connection waiting
+/// for its request costs its client nothing to hold, and a scraper never waits there long;
+/// a lingering one has its response; one being written to is evicted last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Head,
+    Linger,
+    Write,
+}
+
+/// An open connection, as the accept loop sees it.
+#[derive(Debug)]
+struct Conn {
+    phase: Phase,
+    /// Set right after the spawn.
+    task: Option<AbortHandle>,
+}
+
+/// The open connections.
+type Table = Arc<Mutex<Conns>>;
+
+#[derive(Default)]
+struct Conns {
+    /// By accept order: ids only grow (never reused, so a dropped [`Slot`] removes only its
+    /// own entry), and the first key is the oldest.
+    open: BTreeMap<u64, Conn>,
+    next_id: u64,
+}
+
+fn lock(table: &Table) -> MutexGuard<'_, Conns> {
+    // The table stays consistent whatever a panicking holder did (each change is one call).
+    table.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection's entry in the table; it leaves the table when dropped, also when its task is
+/// aborted.
+struct Slot {
+    table: Table,
+    id: u64,
+}
+
+impl Slot {
+    /// Enters a new connection; at `cap` open ones, first removes (and returns) the one to
+    /// evict: the lowest phase, the oldest within it.
+    fn enter(table: &Table, cap: usize) -> (Slot, Option<Conn>) {
+        let mut conns = lock(table);
+        let victim = if conns.open.len() >= cap {
+            let id = conns
+                .open
+                .iter()
+                .min_by_key(|(id, c)| (c.phase, **id))
+                .map(|(id, _)| *id);
+            id.and_then(|id| conns.open.remove(&id))
+        } else {
+            None
+        };
+        let id = conns.next_id;
+        conns.next_id += 1;
+        conns.open.insert(
+            id,
+            Conn {
+                phase: Phase::Head,
+                task: None,
+            },
+        );
+        let slot = Slot {
+            table: table.clone(),
+            id,
+        };
+        (slot, victim)
+    }
+
+    fn set(&self, phase: Phase) {
+        if let Some(c) = lock(&self.table).open.get_mut(&self.id) {
+            c.phase = phase;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.table).open.remove(&self.id);
     }
 }
 
@@ -137,7 +267,7 @@ struct Request {
     path: String,
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics, limits: Limits) {
+async fn handle(mut stream: TcpStream, metrics: &Metrics, limits: Limits, slot: &Slot) {
     let head = match tokio::time::timeout(
         limits.read_timeout,
         read_head(&mut stream, limits.max_request),
@@ -148,35 +278,55 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, limits: Limits) {
         Ok(Err(e)) => Err(e),
         Err(_) => Err(HeadError::Timeout),
     };
-    let response = match head {
-        Ok(req) => respond(&req, metrics),
+    slot.set(Phase::Write);
+    let (response, refused) = match head {
+        Ok(req) => (respond(&req, metrics), None),
         Err(HeadError::Closed) => return,
-        Err(HeadError::Malformed) => response(400, "Bad Request", "text/plain", "bad request\n"),
-        Err(HeadError::TooLarge) => response(
-            431,
-            "Request Header Fields Too Large",
-            "text/plain",
-            "request too large\n",
+        Err(HeadError::Malformed) => (
+            response(400, "Bad Request", "text/plain", "bad request\n"),
+            Some("malformed"),
         ),
-        Err(HeadError::Timeout) => {
-            response(408, "Request Timeout", "text/plain", "request timeout\n")
-        }
+        Err(HeadError::TooLarge) => (
+            response(
+                431,
+                "Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+            ),
+            Some("too_large"),
+        ),
+        Err(HeadError::Timeout) => (
+            response(408, "Request Timeout", "text/plain", "request timeout\n"),
+            Some("head_timeout"),
+        ),
     };
+    if let Some(reason) = refused {
+        metrics.http_connection_dropped(reason);
+    }
     let write = async {
         stream.write_all(&response).await?;
+        // Sends the FIN: the client sees the end of the response now, whatever follows.
         stream.shutdown().await
     };
-    if tokio::time::timeout(limits.write_timeout, write)
-        .await
-        .is_err()
-    {
-        return;
+    match tokio::time::timeout(limits.write_timeout, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            metrics.http_connection_dropped("write_timeout");
+            return;
+        }
     }
-    // Read (and drop) what the client may still be sending, briefly, so closing the socket
-    // with unread data does not reset the connection before the client has read the response.
-    let mut sink = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        let mut left: usize = 64 * 1024;
+    slot.set(Phase::Linger);
+    linger(&mut stream, limits).await;
+}
+
+/// Reads and drops what the client still sends, until it closes or a bound is reached, so the
+/// close that follows finds no unread input and sends a FIN, not a reset that would destroy
+/// the response in the client's receive buffer.
+async fn linger(stream: &mut TcpStream, limits: Limits) {
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut left = limits.linger_bytes;
+    let _ = tokio::time::timeout(limits.linger_timeout, async {
         while left > 0 {
             match stream.read(&mut sink).await {
                 Ok(0) | Err(_) => break,

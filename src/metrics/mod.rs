@@ -98,6 +98,19 @@ pub const PROTOCOL_ERRORS: [&str; 8] = [
     "io",
 ];
 
+/// `reason` label values of `mxsentry_metrics_http_connections_dropped_total`: connections to
+/// the metrics endpoint closed at the connection cap before their response (`evicted`), answered
+/// 408 (`head_timeout`), 431 (`too_large`) or 400 (`malformed`), or whose response could not be
+/// written in time (`write_timeout`; a refused one can be counted twice, e.g. a 431 nobody
+/// reads). Anything else is `other`.
+pub const HTTP_DROP_REASONS: [&str; 5] = [
+    "evicted",
+    "head_timeout",
+    "too_large",
+    "malformed",
+    "write_timeout",
+];
+
 /// `backend` label values of the greylist families (resolved once; other `&'static str`
 /// backends are accepted too).
 pub const GREYLIST_BACKENDS: [&str; 2] = ["embedded", "redis"];
@@ -268,6 +281,8 @@ pub struct Metrics {
     connections_total: IntCounter,
     protocol_errors: Fixed<IntCounter, 8>,
 
+    http_dropped: Fixed<IntCounter, 5>,
+
     decision_duration: Histogram,
 
     reload_success: IntCounter,
@@ -383,6 +398,13 @@ impl Metrics {
             "MTA connections ended by a protocol error or timeout, by reason.",
             &["reason"],
         );
+        let http_dropped = counter_vec(
+            r,
+            "mxsentry_metrics_http_connections_dropped_total",
+            "Connections to the metrics endpoint refused or closed before their response, by \
+             reason.",
+            &["reason"],
+        );
         let decision_duration = register(
             r,
             Histogram::with_opts(
@@ -460,6 +482,7 @@ impl Metrics {
             protocol_errors: Fixed::new(&PROTOCOL_ERRORS, |r| {
                 protocol_errors_vec.with_label_values(&[r])
             }),
+            http_dropped: Fixed::new(&HTTP_DROP_REASONS, |r| http_dropped.with_label_values(&[r])),
             decision_duration,
             reload_success: reloads.with_label_values(&["success"]),
             reload_failure: reloads.with_label_values(&["failure"]),
@@ -646,6 +669,12 @@ impl Metrics {
     /// (the server maps how a connection ended to one of them).
     pub fn protocol_error(&self, reason: &'static str) {
         self.protocol_errors.get(reason).inc();
+    }
+
+    /// The metrics endpoint refused a connection or closed it before its response; `reason`
+    /// from [`HTTP_DROP_REASONS`].
+    pub fn http_connection_dropped(&self, reason: &'static str) {
+        self.http_dropped.get(reason).inc();
     }
 
     // ---- configuration -------------------------------------------------------------------

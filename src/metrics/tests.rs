@@ -26,6 +26,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("mxsentry_connections_open", "gauge"),
     ("mxsentry_connections_total", "counter"),
     ("mxsentry_protocol_errors_total", "counter"),
+    ("mxsentry_metrics_http_connections_dropped_total", "counter"),
     ("mxsentry_decision_duration_seconds", "histogram"),
     ("mxsentry_config_reloads_total", "counter"),
     (
@@ -303,6 +304,9 @@ fn fresh_render_parses_and_has_every_family() {
             samples[&key("mxsentry_protocol_errors_total", &[("reason", r)])],
             0.0
         );
+    }
+    for r in HTTP_DROP_REASONS {
+        assert_eq!(samples[&key(DROPPED, &[("reason", r)])], 0.0);
     }
     assert_eq!(
         samples[&key("mxsentry_config_reloads_total", &[("result", "failure")])],
@@ -691,16 +695,20 @@ fn global_is_one_instance() {
 
 // ---- HTTP ------------------------------------------------------------------------------
 
-async fn start(
-    limits: Option<Limits>,
-) -> (
+/// A served endpoint: its address, its metrics, the shutdown switch and the server task.
+type Running = (
     SocketAddr,
     &'static Metrics,
     watch::Sender<bool>,
     tokio::task::JoinHandle<std::io::Result<()>>,
-) {
+);
+
+async fn start(limits: Option<Limits>) -> Running {
+    start_on(bind("127.0.0.1:0".parse().unwrap()).await.unwrap(), limits).await
+}
+
+async fn start_on(listener: tokio::net::TcpListener, limits: Option<Limits>) -> Running {
     let m: &'static Metrics = Box::leak(Box::new(Metrics::new()));
-    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(false);
     let task = match limits {
@@ -791,7 +799,7 @@ async fn http_serves_metrics_healthz_and_404() {
 
 #[tokio::test]
 async fn http_survives_garbage_and_oversized_requests() {
-    let (addr, _m, tx, task) = start(None).await;
+    let (addr, m, tx, task) = start(None).await;
 
     let (status, _, _) = exchange(
         addr,
@@ -834,43 +842,54 @@ async fn http_survives_garbage_and_oversized_requests() {
     parse_exposition(&body);
     let (status, _, _) = get_path(addr, "/healthz").await;
     assert_eq!(status, 200);
+    assert_eq!(dropped(m, "malformed"), 4.0);
+    assert_eq!(dropped(m, "too_large"), 2.0);
 
     tx.send(true).unwrap();
     task.await.unwrap().unwrap();
 }
 
+const DROPPED: &str = "mxsentry_metrics_http_connections_dropped_total";
+
+fn dropped(m: &Metrics, reason: &str) -> f64 {
+    get(m, DROPPED, &[("reason", reason)])
+}
+
 #[tokio::test]
-async fn http_idle_clients_time_out_and_free_their_slot() {
+async fn http_at_the_cap_the_oldest_idle_connection_makes_room() {
     let limits = Limits {
-        max_request: 8 * 1024,
-        read_timeout: Duration::from_millis(300),
-        write_timeout: Duration::from_millis(300),
-        max_scrapes: 2,
+        max_connections: 2,
+        read_timeout: Duration::from_secs(1),
+        ..http::LIMITS
     };
-    let (addr, _m, tx, task) = start(Some(limits)).await;
-    // Two silent clients take both slots.
+    let (addr, m, tx, task) = start(Some(limits)).await;
+    // Two silent clients fill the table.
     let mut idle1 = TcpStream::connect(addr).await.unwrap();
     let mut idle2 = TcpStream::connect(addr).await.unwrap();
+    // A third is served at once, not after the silent ones time out: the oldest of them was
+    // closed (without a word) to make room.
     let started = std::time::Instant::now();
-    // A third request waits for a slot, then is served.
     let (status, _, _) = get_path(addr, "/healthz").await;
     assert_eq!(status, 200);
     assert!(
-        started.elapsed() >= Duration::from_millis(250),
+        started.elapsed() < limits.read_timeout,
         "{:?}",
         started.elapsed()
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
-    // The idle ones were told 408 and closed.
-    for s in [&mut idle1, &mut idle2] {
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.unwrap();
-        assert!(
-            out.starts_with(b"HTTP/1.1 408 "),
-            "{}",
-            String::from_utf8_lossy(&out)
-        );
-    }
+    let mut out = Vec::new();
+    idle1.read_to_end(&mut out).await.unwrap();
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    // The other one is told 408 at its deadline.
+    let mut out = Vec::new();
+    idle2.read_to_end(&mut out).await.unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 408 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(started.elapsed() >= limits.read_timeout - Duration::from_millis(100));
+    assert_eq!(dropped(m, "evicted"), 1.0);
+    assert_eq!(dropped(m, "head_timeout"), 1.0);
     tx.send(true).unwrap();
     task.await.unwrap().unwrap();
 }
@@ -887,6 +906,314 @@ async fn http_many_concurrent_scrapes() {
     for j in joins {
         assert_eq!(j.await.unwrap(), 200);
     }
+    tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+// ---- HTTP under abuse: idle, slow and oversized clients must never starve a scrape --------
+
+/// One process holds both ends of every connection in these tests; a soft limit of 1024 open
+/// files (common on desktops and in CI) would run out before the server does.
+fn raise_nofile_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < 8192 {
+            l.rlim_cur = l.rlim_max.min(8192);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// One `GET /metrics`: asserts a 200 with a parsable body that has the families; returns how
+/// long it took from connect to the end of the response.
+async fn timed_scrape(addr: SocketAddr) -> Duration {
+    let started = std::time::Instant::now();
+    let (status, _, body) =
+        tokio::time::timeout(Duration::from_secs(30), get_path(addr, "/metrics"))
+            .await
+            .expect("scrape answered within 30 s");
+    assert_eq!(status, 200);
+    let (_, types) = parse_exposition(&body);
+    assert!(types.contains_key("mxsentry_build_info"), "{body}");
+    started.elapsed()
+}
+
+/// How many abusive clients the tests below open: well above the connection cap.
+const CROWD: usize = 600;
+const _: () = assert!(CROWD > 2 * http::MAX_CONNECTIONS);
+
+/// Generous bound for one scrape on a slow, busy machine; the server itself answers in
+/// milliseconds.
+const PROMPT: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn http_idle_connections_do_not_starve_scrapes() {
+    raise_nofile_limit();
+    let (addr, m, tx, task) = start(None).await;
+    // Silent clients, far more than the connection cap, all in before the scrape.
+    let mut idle = Vec::new();
+    for _ in 0..CROWD {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let took = timed_scrape(addr).await;
+    println!("scrape with {CROWD} idle connections opened first: {took:?}");
+    assert!(took < PROMPT, "{took:?}");
+    // All but the cap's worth were closed to make room (or timed out if connecting was slow).
+    let gone = dropped(m, "evicted") + dropped(m, "head_timeout");
+    assert!(gone >= (CROWD - http::MAX_CONNECTIONS) as f64, "{gone}");
+
+    // And while the idle clients keep coming back (one new silent connection every ms).
+    let churn = tokio::spawn(async move {
+        loop {
+            if let Ok(s) = TcpStream::connect(addr).await {
+                idle.push(s);
+                if idle.len() > CROWD {
+                    idle.remove(0);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        worst = worst.max(timed_scrape(addr).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    churn.abort();
+    println!("slowest of 5 scrapes while idle clients reconnect: {worst:?}");
+    assert!(worst < PROMPT, "{worst:?}");
+
+    tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn http_oversized_head_gets_a_431_the_client_reads() {
+    let (addr, _m, tx, task) = start(None).await;
+    let mut request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Filler: ".to_vec();
+    request.resize(5 * 1024 * 1024, b'a');
+    request.extend_from_slice(b"\r\n\r\n");
+
+    // A simple client: sends the whole request, then reads. It must be able to send all of
+    // it (no reset while it is still writing) and then read the 431.
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.write_all(&request))
+        .await
+        .expect("request sent in time")
+        .expect("the server keeps reading: no reset while the client sends");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("the response arrives, not a reset");
+    println!(
+        "5 MiB head, sent then read: {} after {:?}",
+        String::from_utf8_lossy(out.split(|b| *b == b'\r').next().unwrap_or(&[])),
+        started.elapsed()
+    );
+    assert!(
+        out.starts_with(b"HTTP/1.1 431 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    // A client that reads while it sends (as curl does) sees the 431 too.
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&request).await;
+        w
+    });
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("the response arrives, not a reset");
+    assert!(
+        out.starts_with(b"HTTP/1.1 431 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    drop(writer.await.unwrap());
+
+    let took = timed_scrape(addr).await;
+    assert!(took < PROMPT, "{took:?}");
+    tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Sends a request head one byte per second and never finishes it.
+async fn slowloris(addr: SocketAddr) -> Option<tokio::net::tcp::OwnedReadHalf> {
+    let s = TcpStream::connect(addr).await.ok()?;
+    let (r, mut w) = s.into_split();
+    tokio::spawn(async move {
+        let head = b"GET /metrics HTTP/1.1\r\nX-Slow: ";
+        for b in head.iter().chain([b'a'; 30].iter()) {
+            if w.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    Some(r)
+}
+
+#[tokio::test]
+async fn http_slowloris_is_cut_at_the_head_deadline() {
+    raise_nofile_limit();
+    // Alone: every read brings a byte within a second, so only a deadline on the whole head
+    // (not on each read) cuts it: a 408 at READ_TIMEOUT, then the close.
+    let (addr, _m, tx, task) = start(None).await;
+    let started = std::time::Instant::now();
+    let mut r = slowloris(addr).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut out))
+        .await
+        .expect("cut within 20 s")
+        .expect("a response, not a reset");
+    let cut = started.elapsed();
+    println!("slowloris (1 byte/s) answered and closed after {cut:?}");
+    assert!(
+        out.starts_with(b"HTTP/1.1 408 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(
+        cut >= http::READ_TIMEOUT - Duration::from_millis(100),
+        "{cut:?}"
+    );
+    assert!(cut < http::READ_TIMEOUT + Duration::from_secs(3), "{cut:?}");
+    tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+
+    // A crowd of them, above the connection cap: scrapes keep being answered promptly.
+    let (addr, _m, tx, task) = start(None).await;
+    let mut slow = Vec::new();
+    for _ in 0..CROWD {
+        slow.extend(slowloris(addr).await);
+    }
+    let mut worst = Duration::ZERO;
+    for _ in 0..8 {
+        worst = worst.max(timed_scrape(addr).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("slowest of 8 scrapes over 4 s with {CROWD} slowloris clients: {worst:?}");
+    assert!(worst < PROMPT, "{worst:?}");
+    drop(slow);
+    tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// A listener whose connections have 4 KiB send buffers (accepted sockets inherit SO_SNDBUF):
+/// on loopback the kernel would otherwise take a whole response of a few MiB off the server's
+/// hands, so a client that never reads would never hold it up.
+async fn small_send_buffers() -> tokio::net::TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(1024).unwrap()
+}
+
+/// Makes `/metrics` about 55 KiB (96 DNS lists with every result), several times what the
+/// buffers of a client that never reads hold; returns its length.
+fn inflate(m: &Metrics) -> usize {
+    for i in 0..96 {
+        let zone = format!("zone{i}.dnsbl.example");
+        for result in DNSBL_RESULTS {
+            m.dnsbl_result(&zone, result);
+        }
+        m.dnsbl_refusal(&zone);
+    }
+    let len = m.render().len();
+    assert!(len > 48 * 1024, "{len}");
+    len
+}
+
+/// Sends `GET /metrics` and never reads (with a small receive buffer).
+async fn deaf_client(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn http_responses_nobody_reads_are_cut_at_the_write_deadline() {
+    let limits = Limits {
+        write_timeout: Duration::from_millis(500),
+        ..http::LIMITS
+    };
+    let (addr, m, tx, task) = start_on(small_send_buffers().await, Some(limits)).await;
+    inflate(m);
+    let started = std::time::Instant::now();
+    let deaf = [deaf_client(addr).await, deaf_client(addr).await];
+    while dropped(m, "write_timeout") < 2.0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "never cut");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut = started.elapsed();
+    println!("responses nobody reads cut after {cut:?}");
+    assert!(
+        cut >= limits.write_timeout - Duration::from_millis(100),
+        "{cut:?}"
+    );
+    drop(deaf);
+    tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn http_clients_that_never_read_do_not_block_scrapes() {
+    raise_nofile_limit();
+    let (addr, m, tx, task) = start_on(small_send_buffers().await, None).await;
+    let body_len = inflate(m);
+    let mut deaf = Vec::new();
+    for _ in 0..CROWD {
+        deaf.push(deaf_client(addr).await);
+    }
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        worst = worst.max(timed_scrape(addr).await);
+    }
+    println!(
+        "slowest of 5 scrapes ({body_len} bytes) with {CROWD} clients that never read: {worst:?}"
+    );
+    assert!(worst < PROMPT, "{worst:?}");
+    // They were stuck writing, and made room for the scrapes.
+    let gone = dropped(m, "evicted") + dropped(m, "write_timeout");
+    assert!(gone >= (CROWD - http::MAX_CONNECTIONS) as f64, "{gone}");
+    drop(deaf);
+    tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn http_pipelined_and_keep_alive_clients_get_one_response_and_a_clean_close() {
+    let (addr, _m, tx, task) = start(None).await;
+    // Two requests in one write: the first is answered, with `Connection: close`, and the
+    // connection ends with a FIN (no reset eats the response); the client retries the second
+    // on a new connection, as HTTP/1.1 clients do.
+    let (status, _, body) = exchange(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /metrics HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _, _) = exchange(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
     tx.send(true).unwrap();
     task.await.unwrap().unwrap();
 }
