@@ -212,8 +212,18 @@ fn shipped_milter_toml_parses() {
         (d.max_connections, d.overflow_action, d.negotiation_timeout)
     );
     assert_eq!(
-        (m.max_frame, m.max_macro_frame, m.max_macros, m.max_recipients),
-        (d.max_frame, d.max_macro_frame, d.max_macros, d.max_recipients)
+        (
+            m.max_frame,
+            m.max_macro_frame,
+            m.max_macros,
+            m.max_recipients
+        ),
+        (
+            d.max_frame,
+            d.max_macro_frame,
+            d.max_macros,
+            d.max_recipients
+        )
     );
 }
 

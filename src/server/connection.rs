@@ -103,12 +103,14 @@ const READ_CHUNK: usize = 2048;
 const GROWN: usize = 4 * READ_CHUNK;
 
 /// Serves milter commands on `stream` until QUIT, EOF, a timeout, a protocol error or (once
-/// `stop` turns true) the end of the SMTP session in progress.
+/// `stop` turns true) the end of the SMTP session in progress. `read`: bytes already read
+/// from the stream (by the overflow handler that hands a connection over).
 pub async fn serve<S>(
     mut stream: S,
     mut session: Session,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
+    read: &[u8],
 ) -> ConnectionEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -117,6 +119,7 @@ where
     // hundred bytes, and an idle connection should cost little (10,000 of them are a target).
     // A bigger frame still arrives: the buffer grows by READ_CHUNK as it fills.
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    rbuf.extend_from_slice(read);
     let mut wbuf = BytesMut::with_capacity(1024);
     let mut stopping = *stop.borrow();
     // Set when the wait for a frame starts; partial reads do not move it, so a peer that

@@ -446,8 +446,8 @@ fn dispatch(stream: Stream, peer: String, shared: &Arc<Shared>) {
     // at spawn and again when it stores the task's output.
     tokio::spawn(Box::pin(async move {
         match stream {
-            Stream::Tcp(s) => run_connection(s, peer, permit, session, &shared).await,
-            Stream::Unix(s) => run_connection(s, peer, permit, session, &shared).await,
+            Stream::Tcp(s) => run_connection(s, peer, permit, session, &[], &shared).await,
+            Stream::Unix(s) => run_connection(s, peer, permit, session, &[], &shared).await,
         }
     }));
 }
@@ -482,26 +482,28 @@ async fn answer_overflow<S>(
 {
     let outcome = overflow::answer(&mut stream, &shared).await;
     drop(handler);
-    if let overflow::Outcome::Upgrade(negotiated, slot) = outcome {
+    if let overflow::Outcome::Upgrade(negotiated, slot, head) = outcome {
         tracing::debug!(peer = %peer, "overflow connection reused after QUIT_NC: now served");
         let session = Session::with_negotiated(shared.policies.clone(), Some(negotiated));
         // Boxed: only a taken-over connection pays for the full connection future.
-        Box::pin(run_connection(stream, peer, slot, session, &shared)).await;
+        Box::pin(run_connection(stream, peer, slot, session, &head, &shared)).await;
     }
 }
 
-/// Serves one connection holding a `max_connections` slot.
+/// Serves one connection holding a `max_connections` slot; `read`: bytes already read from it.
 async fn run_connection<S>(
     stream: S,
     peer: String,
     slot: OwnedSemaphorePermit,
     session: Session,
+    read: &[u8],
     shared: &Shared,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _open = metrics().connection();
-    let end = connection::serve(stream, session, shared.limits, shared.stop.clone()).await;
+    let stop = shared.stop.clone();
+    let end = connection::serve(stream, session, shared.limits, stop, read).await;
     if let Some(reason) = end.metric_reason() {
         metrics().protocol_error(reason);
     }

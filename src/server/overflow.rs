@@ -6,9 +6,9 @@
 //! session. It negotiates what a full session would (so the connection can be taken over after
 //! QUIT_NC), with CONNECT answered, and then gives `overflow_action` to CONNECT and to any other
 //! command the MTA waits on. Postfix closes its side right after a CONNECT-stage verdict;
-//! sendmail sends QUIT. On QUIT_NC (the MTA reuses the connection for a new SMTP session) the
-//! connection becomes a normal one if a slot is free now, and otherwise gets the overflow
-//! verdict again.
+//! sendmail sends QUIT. After QUIT_NC (the MTA reuses the connection for a new SMTP session)
+//! the connection becomes a normal one if a slot is free when that session's first frame
+//! arrives, and otherwise that session gets the overflow verdict too.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,8 +37,9 @@ pub const OVERFLOW_DEADLINE: Duration = Duration::from_secs(5);
 pub(crate) enum Outcome {
     /// Closed: QUIT, EOF, deadline, or a peer not speaking the protocol.
     Closed,
-    /// QUIT_NC with a slot free: serve the next SMTP session for real.
-    Upgrade(Negotiated, OwnedSemaphorePermit),
+    /// The next SMTP session after QUIT_NC found a slot free: serve it for real, starting
+    /// with the frame header already read.
+    Upgrade(Negotiated, OwnedSemaphorePermit, [u8; 5]),
 }
 
 /// Answers one connection over the limit (`action` is `Tempfail` or `Accept`).
@@ -52,11 +53,21 @@ where
     };
     let mut scratch = [0u8; 256];
     let mut negotiated: Option<Negotiated> = None;
+    let mut between_sessions = false;
     let mut deadline = Instant::now() + OVERFLOW_DEADLINE;
     loop {
         let mut head = [0u8; 5];
         if read_exact(stream, &mut head, deadline).await.is_err() {
             return Outcome::Closed;
+        }
+        if between_sessions {
+            // The first frame of the SMTP session after QUIT_NC decides: served if a slot is
+            // free now, otherwise this session gets the overflow verdict too.
+            between_sessions = false;
+            if let (Some(n), Ok(slot)) = (negotiated, shared.slots.clone().try_acquire_owned()) {
+                return Outcome::Upgrade(n, slot, head);
+            }
+            shared.overflowed();
         }
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
         if len == 0 || len > shared.limits.max_frame {
@@ -90,15 +101,9 @@ where
             }
             (_, None) => return Outcome::Closed,
             (SMFIC_QUIT, Some(_)) => return Outcome::Closed,
-            (SMFIC_QUIT_NC, Some(n)) => {
-                if let Ok(permit) = shared.slots.clone().try_acquire_owned() {
-                    if skip(stream, data, &mut scratch, deadline).await.is_err() {
-                        return Outcome::Closed;
-                    }
-                    return Outcome::Upgrade(n, permit);
-                }
+            (SMFIC_QUIT_NC, Some(_)) => {
+                between_sessions = true;
                 deadline = Instant::now() + OVERFLOW_DEADLINE;
-                shared.overflowed();
                 None
             }
             (SMFIC_CONNECT | SMFIC_BODYEOB, Some(_)) => Some(verdict.clone()),
