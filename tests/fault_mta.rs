@@ -232,6 +232,7 @@ fn dropped_at_every_stage_the_daemon_keeps_serving() {
         }),
     ];
     let truncated_stages = 2.0;
+    d.wait_idle();
     let before = d.metric("mxsentry_connections_total");
     let mut slowest = Duration::ZERO;
     for (name, step) in &stages {
@@ -389,7 +390,7 @@ fn full_daemon(action: &str) -> (Daemon, Vec<TcpStream>) {
         &format!("max_connections = 3\noverflow_action = \"{action}\"\n"),
     );
     // (the harness's own probe connection must be gone first)
-    d.wait_metric("mxsentry_connections_open", 0.0);
+    d.wait_idle();
     let held: Vec<TcpStream> = (0..3).map(|_| hold(d.port, false)).collect();
     d.wait_metric("mxsentry_connections_open", 3.0);
     (d, held)
@@ -492,7 +493,7 @@ fn overflow_handlers_are_bounded_and_short_lived() {
 #[test]
 fn quit_nc_on_an_overflow_connection_is_served_once_a_slot_is_free() {
     let d = Daemon::start(ACCESS, "max_connections = 1\n");
-    d.wait_metric("mxsentry_connections_open", 0.0);
+    d.wait_idle();
     let held = hold(d.port, false);
     d.wait_metric("mxsentry_connections_open", 1.0);
     let mut c = Client::tcp(d.port);
@@ -626,7 +627,7 @@ fn max_connections_is_fitted_to_the_open_file_limit() {
     let log = d.wait_log("does not fit in the open file limit");
     assert!(log.contains("max_connections = 10000"), "{log}");
     assert_eq!(d.metric("mxsentry_connections_limit"), 128.0);
-    d.wait_metric("mxsentry_connections_open", 0.0);
+    d.wait_idle();
     let held: Vec<TcpStream> = (0..128).map(|_| hold(d.port, false)).collect();
     d.wait_metric("mxsentry_connections_open", 128.0);
     let mut c = Client::tcp(d.port);
@@ -732,6 +733,7 @@ fn quit_nc_reuse_of_one_connection_keeps_memory_flat() {
             ..Options::default()
         },
     );
+    d.wait_idle();
     let connections = d.metric("mxsentry_connections_total");
     let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

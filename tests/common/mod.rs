@@ -269,6 +269,21 @@ impl Daemon {
         }
     }
 
+    /// Waits until the start-up probe connection (`wait_listening`) has come and gone, so the
+    /// connection counters start from it.
+    pub fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metric("mxsentry_connections_total") < 1.0
+            || self.metric("mxsentry_connections_open") != 0.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the probe connection never ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The daemon's resident memory in KiB (VmRSS).
     pub fn rss_kb(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
