@@ -25,6 +25,7 @@ use crate::checks::greylist::{purge_task, Greylister};
 use crate::config::{Config, OverflowAction};
 use crate::metrics::{self, metrics};
 use crate::policy::{self, Policy};
+use crate::protocol::negotiate::Negotiated;
 use crate::session::{PolicySource, Session};
 use crate::store::GreylistStore;
 use connection::Limits;
@@ -440,14 +441,13 @@ fn dispatch(stream: Stream, peer: String, shared: &Arc<Shared>) {
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         return overflow(stream, peer, shared);
     };
-    let session = Session::new(shared.policies.clone());
     let shared = shared.clone();
     // Boxed: the connection future is ~3.4 KB, which tokio would otherwise copy into the task
     // at spawn and again when it stores the task's output.
     tokio::spawn(Box::pin(async move {
         match stream {
-            Stream::Tcp(s) => run_connection(s, peer, permit, session, &[], &shared).await,
-            Stream::Unix(s) => run_connection(s, peer, permit, session, &[], &shared).await,
+            Stream::Tcp(s) => run_connection(s, peer, permit, None, &[], &shared).await,
+            Stream::Unix(s) => run_connection(s, peer, permit, None, &[], &shared).await,
         }
     }));
 }
@@ -484,24 +484,35 @@ async fn answer_overflow<S>(
     drop(handler);
     if let overflow::Outcome::Upgrade(negotiated, slot, head) = outcome {
         tracing::debug!(peer = %peer, "overflow connection reused after QUIT_NC: now served");
-        let session = Session::with_negotiated(shared.policies.clone(), Some(negotiated));
         // Boxed: only a taken-over connection pays for the full connection future.
-        Box::pin(run_connection(stream, peer, slot, session, &head, &shared)).await;
+        Box::pin(run_connection(
+            stream,
+            peer,
+            slot,
+            Some(negotiated),
+            &head,
+            &shared,
+        ))
+        .await;
     }
 }
 
-/// Serves one connection holding a `max_connections` slot; `read`: bytes already read from it.
+/// Serves one connection holding a `max_connections` slot; `negotiated`: the options agreed by
+/// the overflow handler that hands it over, with `read`, the bytes it already read.
 async fn run_connection<S>(
     stream: S,
     peer: String,
     slot: OwnedSemaphorePermit,
-    session: Session,
+    negotiated: Option<Negotiated>,
     read: &[u8],
     shared: &Shared,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _open = metrics().connection();
+    // The session is made here, inside the call: made earlier and moved in, it would take room
+    // in this future beside its copy in the connection's (some 1.4 KB per idle connection).
+    let session = Session::with_negotiated(shared.policies.clone(), negotiated);
     let stop = shared.stop.clone();
     let end = connection::serve(stream, session, shared.limits, stop, read).await;
     if let Some(reason) = end.metric_reason() {

@@ -197,3 +197,29 @@ impl WarnEvery {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn warn_every_says_the_first_at_once_then_counts_per_period() {
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let log = said.clone();
+        // Generous margins around a 100 ms period: a busy machine delays timers.
+        let w = WarnEvery::new(Duration::from_millis(100), move |n| {
+            log.lock().unwrap().push(n)
+        });
+        for _ in 0..5 {
+            w.hit();
+        }
+        assert_eq!(*said.lock().unwrap(), [1], "the first at once");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(*said.lock().unwrap(), [1, 4], "then the rest of the period");
+        // A quiet period disarms it: the next occurrence is said at once again.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        w.hit();
+        assert_eq!(*said.lock().unwrap(), [1, 4, 1]);
+    }
+}
