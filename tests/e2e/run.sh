@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs every end-to-end suite against the real mxsentry daemon, in one fresh state dir:
 #   starts the test DNS, mxsentry (target/debug/mxsentry, or $MXSENTRY_BIN), Postfix and sendmail
-#   (tests/testbed/, all on loopback), runs cli.sh, miltertest.sh, postfix.sh, sendmail.sh, checks
+#   (tests/testbed/, all on loopback), runs cli.sh, miltertest.sh, postfix*.sh, sendmail.sh, checks
 #   that mxsentry exits on SIGTERM, stops everything it started (always: trap, even on failure or ^C)
 #   and prints "N passed, M failed" as its last line; exit status 1 on any failure.
 # Needs root and the packages of tests/testbed/install.sh. Knobs: MXSENTRY_BIN, E2E_KEEP=1 (keep the
