@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{reply_text, Client, Daemon, Options};
-use mxsentry::protocol::command::{encode_command, ClientAddress, Command, MacroPairs, NulStrings};
+use common::{macro_command as macros, reply_text, Client, Daemon, Options};
+use mxsentry::protocol::command::{encode_command, ClientAddress, Command, NulStrings};
 use mxsentry::protocol::frame::split_frame;
 use mxsentry::protocol::negotiate::flags;
 use mxsentry::protocol::reply::{decode_reply, Reply};
@@ -45,20 +45,6 @@ fn wire(cmds: &[Command]) -> Vec<u8> {
         encode_command(c, &mut buf);
     }
     buf.to_vec()
-}
-
-fn macros(stage: u8, pairs: &[(&str, &str)]) -> Command {
-    let mut raw = Vec::new();
-    for (k, v) in pairs {
-        raw.extend_from_slice(k.as_bytes());
-        raw.push(0);
-        raw.extend_from_slice(v.as_bytes());
-        raw.push(0);
-    }
-    Command::Macro {
-        stage,
-        pairs: MacroPairs::from_wire(Bytes::from(raw)).unwrap(),
-    }
 }
 
 fn connect_cmd() -> Command {

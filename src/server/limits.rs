@@ -49,8 +49,7 @@ pub fn fit(
     (connections, handlers)
 }
 
-/// RLIMIT_NOFILE as (soft, hard); `u64::MAX` for unlimited.
-pub fn nofile_limit() -> std::io::Result<(u64, u64)> {
+fn get_nofile() -> std::io::Result<libc::rlimit> {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -59,20 +58,19 @@ pub fn nofile_limit() -> std::io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(rl)
+}
+
+/// RLIMIT_NOFILE as (soft, hard); `u64::MAX` for unlimited.
+pub fn nofile_limit() -> std::io::Result<(u64, u64)> {
+    let rl = get_nofile()?;
     Ok((as_u64(rl.rlim_cur), as_u64(rl.rlim_max)))
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns `(soft before, soft now)`.
 /// Also used by tests that hold many connections.
 pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: as above.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mut rl = get_nofile()?;
     let before = as_u64(rl.rlim_cur);
     if rl.rlim_cur == rl.rlim_max {
         return Ok((before, before));

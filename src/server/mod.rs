@@ -378,16 +378,13 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 backoff = Duration::from_millis(10);
                 dispatch(stream, peer, &shared);
             }
-            Err(e) if limits::is_out_of_fds(&e) => {
+            Err(e) if limits::is_out_of_fds(&e) && spare.is_some() => {
                 let n = shed(&listener, &mut spare).await;
                 for _ in 0..n {
                     shared.closed_unanswered(&shared.fd_warn);
                 }
-                if n == 0 || spare.is_none() {
-                    // Nothing could be freed: wait for descriptors to come back.
-                    if n == 0 {
-                        shared.fd_warn.hit();
-                    }
+                if n == 0 {
+                    // The freed descriptor was taken by something else: do not spin.
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -400,9 +397,14 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                         | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
+                // Out of files with no spare descriptor to free (it could not be taken back),
+                // or another error: wait for things to change.
                 tracing::error!("accept failed: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+                if spare.is_none() {
+                    spare = spare_fd();
+                }
             }
         }
     }
@@ -416,10 +418,7 @@ fn spare_fd() -> Option<std::fs::File> {
 /// (each reuses the descriptor the previous one freed), then takes the spare back. Returns the
 /// number closed.
 async fn shed(listener: &Listener, spare: &mut Option<std::fs::File>) -> usize {
-    if spare.take().is_none() {
-        *spare = spare_fd();
-        return 0;
-    }
+    drop(spare.take());
     let mut n = 0;
     // A zero timeout polls accept once: a connection that is waiting, or nothing.
     while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::ZERO, accept(listener)).await {

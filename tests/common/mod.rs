@@ -459,17 +459,7 @@ impl Client {
     }
 
     pub fn macros(&mut self, stage: u8, pairs: &[(&str, &str)]) {
-        let mut raw = Vec::new();
-        for (k, v) in pairs {
-            raw.extend_from_slice(k.as_bytes());
-            raw.push(0);
-            raw.extend_from_slice(v.as_bytes());
-            raw.push(0);
-        }
-        self.send(&Command::Macro {
-            stage,
-            pairs: MacroPairs::from_wire(Bytes::from(raw)).unwrap(),
-        });
+        self.send(&macro_command(stage, pairs));
     }
 
     pub fn connect(&mut self, hostname: &str, ip: &str) -> Option<Reply> {
@@ -569,6 +559,18 @@ impl Client {
                 return replies;
             }
         }
+    }
+}
+
+/// A MACRO command for `stage` (a command byte such as `b'C'`).
+pub fn macro_command(stage: u8, pairs: &[(&str, &str)]) -> Command {
+    let pairs: Vec<(&[u8], &[u8])> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    Command::Macro {
+        stage,
+        pairs: MacroPairs::from_pairs(&pairs),
     }
 }
 
