@@ -79,19 +79,7 @@ fn read_reply(s: &mut TcpStream) -> Option<Reply> {
 /// True when the peer closes (EOF or reset) within `within`.
 fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     s.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 256];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) => {
-                return matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                )
-            }
-        }
-    }
+    common::closed_by_peer(s)
 }
 
 /// An MTA connection left idle after OPTNEG (and, with `session`, CONNECT and HELO), the

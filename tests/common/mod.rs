@@ -400,19 +400,7 @@ impl Client {
 
     /// True when the peer closed the connection (EOF or reset) within the read timeout.
     pub fn closed_by_peer(&mut self) -> bool {
-        let mut chunk = [0u8; 64];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) => {
-                    return matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                    )
-                }
-            }
-        }
+        closed_by_peer(&mut self.stream)
     }
 
     /// OPTNEG as Postfix 3.7 sends it: version 6, all actions, every protocol bit offered.
@@ -557,6 +545,24 @@ impl Client {
             replies.push(r);
             if last {
                 return replies;
+            }
+        }
+    }
+}
+
+/// True when the peer of `stream` closes it (EOF or reset) before a read times out; what it
+/// sends first is skipped.
+pub fn closed_by_peer(stream: &mut impl Read) -> bool {
+    let mut chunk = [0u8; 256];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                )
             }
         }
     }
