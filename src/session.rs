@@ -107,9 +107,17 @@ fn bare_address(arg: &[u8]) -> String {
     s.to_string()
 }
 
+/// The reply to a recipient beyond `milter.max_recipients` (RFC 5321 4.5.3.1.10; RFC 3463
+/// 4.5.3 "too many recipients"): the client sends the rest in another transaction.
+pub const TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Too many recipients";
+
 #[derive(Default)]
 struct Message {
     sender: Option<String>,
+    /// RCPT commands checked in this message (bounded by `max_recipients`).
+    rcpts: usize,
+    /// RCPT commands beyond `max_recipients`, answered without checks.
+    over_limit: usize,
     accepted: Vec<String>,
     /// A verdict that covers the whole message (trusted client, OK rule).
     whole_message: Option<Verdict>,
@@ -141,11 +149,20 @@ pub struct Session {
 
 impl Session {
     pub fn new(policies: Arc<dyn PolicySource>) -> Session {
+        Session::with_negotiated(policies, None)
+    }
+
+    /// A session on a connection whose options were already agreed (a connection taken over
+    /// from the overflow handler after QUIT_NC: the MTA sends no second OPTNEG).
+    pub fn with_negotiated(
+        policies: Arc<dyn PolicySource>,
+        negotiated: Option<Negotiated>,
+    ) -> Session {
         let policy = policies.current();
         Session {
             policies,
             policy,
-            negotiated: None,
+            negotiated,
             lookups: None,
             macros: Macros::default(),
             client_name: String::new(),
@@ -155,6 +172,17 @@ impl Session {
             started: Instant::now(),
             worst: None,
         }
+    }
+
+    /// Whether OPTNEG was answered.
+    pub fn is_negotiated(&self) -> bool {
+        self.negotiated.is_some()
+    }
+
+    /// Whether an SMTP session is in progress (from CONNECT to QUIT or QUIT_NC): a shutdown
+    /// lets it finish, and closes the connection between sessions.
+    pub fn in_smtp_session(&self) -> bool {
+        self.worst.is_some()
     }
 
     /// Handles one command and appends any reply to `out`.
@@ -242,8 +270,13 @@ impl Session {
                 Reply::Continue
             }
             Command::Rcpt { args } => {
-                let rcpt = args.first().map(bare_address).unwrap_or_default();
-                self.decide_recipient(rcpt).await
+                if self.message.rcpts >= self.policy.config().milter.max_recipients {
+                    self.over_recipient_limit()
+                } else {
+                    self.message.rcpts += 1;
+                    let rcpt = args.first().map(bare_address).unwrap_or_default();
+                    self.decide_recipient(rcpt).await
+                }
             }
             Command::EndOfMessage { .. } => self.end_of_message(out),
             Command::Data
@@ -286,6 +319,38 @@ impl Session {
                 .unwrap_or(false);
         if wants_delay {
             tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// A recipient beyond `max_recipients`: answered without checks and not remembered, so a
+    /// message costs bounded work and memory whatever the MTA sends. 452 asks the client for
+    /// the rest in a new transaction (nothing is lost); never a 5xx. A message already decided
+    /// as a whole (trusted, OK rule, discard) keeps its verdict; dry-run never refuses.
+    fn over_recipient_limit(&mut self) -> Reply {
+        self.message.over_limit += 1;
+        if self.message.over_limit == 1 {
+            tracing::warn!(
+                client_ip = %self.client_ip.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+                from = %format_args!("<{}>", self.message.sender.as_deref().unwrap_or("")),
+                max_recipients = self.message.rcpts,
+                "recipient limit reached: further recipients of this message get \"{TOO_MANY_RECIPIENTS}\""
+            );
+        }
+        let m = metrics();
+        m.recipient_over_limit();
+        if let Some(whole) = &self.message.whole_message {
+            m.recipient_verdict(whole.name());
+            return verdict_reply(whole);
+        }
+        if self.policy.dry_run() {
+            m.recipient_verdict("accept");
+            m.dry_run_verdict("tempfail");
+            return Reply::Continue;
+        }
+        m.recipient_verdict("tempfail");
+        self.note_verdict("tempfail");
+        Reply::ReplyCode {
+            text: Bytes::from_static(TOO_MANY_RECIPIENTS.as_bytes()),
         }
     }
 
@@ -443,7 +508,13 @@ impl Session {
                 );
             }
         }
-        let rcpts = self.message.accepted.join(",");
+        let mut rcpts = self.message.accepted.join(",");
+        if self.message.over_limit > 0 {
+            rcpts.push_str(&format!(
+                " (+{} beyond max_recipients)",
+                self.message.over_limit
+            ));
+        }
         let findings = self.message.findings.join(",");
         self.log_line("accept", None, &rcpts, &findings);
         Reply::Accept

@@ -355,11 +355,24 @@ pub(super) fn max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D
     ranged(d, "max_concurrent", 1, usize_max()).map(|v| v as usize)
 }
 
-/// The smallest `max_frame`: a 64 KiB body chunk plus the frame's length and command bytes.
+/// The smallest `max_frame` (and its default): a 64 KiB body chunk plus the frame's length and
+/// command bytes. libmilter accepts no more, so every MTA works within it.
 pub const MIN_MAX_FRAME: usize = 65_540;
 
 pub(super) fn max_frame<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     ranged(d, "max_frame", MIN_MAX_FRAME as u64, usize_max()).map(|v| v as usize)
+}
+
+pub(super) fn max_macro_frame<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    ranged(d, "max_macro_frame", 1024, usize_max()).map(|v| v as usize)
+}
+
+pub(super) fn max_macros<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    ranged(d, "max_macros", 16, usize_max()).map(|v| v as usize)
+}
+
+pub(super) fn max_recipients<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    ranged(d, "max_recipients", 1, usize_max()).map(|v| v as usize)
 }
 
 pub(super) fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

@@ -27,7 +27,7 @@ pub use duration::parse_duration;
 pub use listen::ListenSpec;
 pub use sections::{
     Action, DnsConfig, DnsblConfig, DnsblZone, GreetingConfig, GreylistConfig, HeloConfig,
-    LogConfig, LogFormat, MetricsConfig, MilterConfig, Mode, RdnsConfig, RegexRule,
+    LogConfig, LogFormat, MetricsConfig, MilterConfig, Mode, OverflowAction, RdnsConfig, RegexRule,
     SenderRulesConfig, StoreKind, TempFailureAction, TrustedConfig,
 };
 pub use values::{is_listing_answer, ReturnCode};

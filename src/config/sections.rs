@@ -67,6 +67,31 @@ impl Action {
     }
 }
 
+/// What a connection beyond `milter.max_connections` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverflowAction {
+    /// `"tempfail"`: negotiate, then TEMPFAIL at CONNECT; Postfix answers the SMTP client
+    /// `451 4.7.1` at once.
+    #[default]
+    Tempfail,
+    /// `"accept"`: negotiate, then ACCEPT at CONNECT: the session goes on unchecked (fail open).
+    Accept,
+    /// `"close"`: close the connection at once; the MTA applies its milter_default_action.
+    Close,
+}
+
+impl OverflowAction {
+    /// The word used in logs and the `action` label of `mxsentry_connections_overflow_total`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OverflowAction::Tempfail => "tempfail",
+            OverflowAction::Accept => "accept",
+            OverflowAction::Close => "close",
+        }
+    }
+}
+
 /// `[milter]`: how the MTA talks to us and who we are.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -91,19 +116,43 @@ pub struct MilterConfig {
     /// Default: `["postmaster", "abuse"]`.
     #[serde(deserialize_with = "de::list::<_, de::LocalPartP>")]
     pub exempt_recipients: Vec<String>,
-    /// Most MTA connections served at once (at least 1). Default: 1024.
+    /// Most MTA connections served at once (at least 1). More are still accepted and answered
+    /// at once with `overflow_action`. Sized so that the MTA's own process limits are reached
+    /// first (an idle connection costs ~8 KB). Default: 10000.
     #[serde(deserialize_with = "de::max_connections")]
     pub max_connections: usize,
-    /// Longest wait for the MTA's next command. Default: 300s.
+    /// What a connection over `max_connections` gets: `"tempfail"` (OPTNEG, then TEMPFAIL at
+    /// CONNECT), `"accept"` (ACCEPT at CONNECT: fail open) or `"close"` (closed at once: the
+    /// MTA applies its milter_default_action). Default: tempfail.
+    pub overflow_action: OverflowAction,
+    /// Longest wait for a new connection's option negotiation (OPTNEG). Default: 10s.
+    #[serde(deserialize_with = "de::one::<_, de::NonZeroDurationP>")]
+    pub negotiation_timeout: Duration,
+    /// Longest wait for the MTA's next command (a whole frame). Default: 300s.
     #[serde(deserialize_with = "de::one::<_, de::NonZeroDurationP>")]
     pub idle_timeout: Duration,
     /// Longest wait to write a reply to the MTA. Default: 30s.
     #[serde(deserialize_with = "de::one::<_, de::NonZeroDurationP>")]
     pub write_timeout: Duration,
-    /// Largest milter frame accepted, in bytes (at least [`MIN_MAX_FRAME`](super::MIN_MAX_FRAME) = 65540, since MTAs
-    /// send 64 KiB body chunks). Default: 1 MiB.
+    /// Largest milter frame accepted, in bytes (at least [`MIN_MAX_FRAME`](super::MIN_MAX_FRAME)
+    /// = 65540: a 64 KiB body chunk, what libmilter itself accepts). Headers and body are
+    /// negotiated away, so the largest frame a real MTA sends us is a macro list or a command
+    /// line. Default: 65540.
     #[serde(deserialize_with = "de::max_frame")]
     pub max_frame: usize,
+    /// Largest MACRO frame, in bytes (at least 1024); a larger one closes the connection.
+    /// Default: 16384.
+    #[serde(deserialize_with = "de::max_macro_frame")]
+    pub max_macro_frame: usize,
+    /// Most macros (name/value pairs) in one MACRO frame (at least 16); more close the
+    /// connection. Default: 128.
+    #[serde(deserialize_with = "de::max_macros")]
+    pub max_macros: usize,
+    /// Most recipients checked per message (at least 1); each further RCPT gets
+    /// `452 4.5.3 Too many recipients` (RFC 5321 4.5.3.1.10), never a 5xx. Default: 1000
+    /// (Postfix's smtpd_recipient_limit).
+    #[serde(deserialize_with = "de::max_recipients")]
+    pub max_recipients: usize,
     /// Permissions of Unix sockets, from an octal string like `"0660"`. Default: unchanged.
     #[serde(deserialize_with = "de::opt::<_, de::OctalModeP>")]
     pub socket_mode: Option<u32>,
@@ -128,10 +177,15 @@ impl Default for MilterConfig {
             local_addresses: Vec::new(),
             mode: Mode::Enforce,
             exempt_recipients: vec!["postmaster".into(), "abuse".into()],
-            max_connections: 1024,
+            max_connections: 10_000,
+            overflow_action: OverflowAction::Tempfail,
+            negotiation_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(30),
-            max_frame: 1024 * 1024,
+            max_frame: super::MIN_MAX_FRAME,
+            max_macro_frame: 16 * 1024,
+            max_macros: 128,
+            max_recipients: 1000,
             socket_mode: None,
             socket_owner: None,
             socket_group: None,

@@ -80,10 +80,15 @@ fn defaults_match_the_contract() {
     assert!(!c.milter.hostname.is_empty());
     assert_eq!(c.milter.mode, Mode::Enforce);
     assert_eq!(c.milter.exempt_recipients, ["postmaster", "abuse"]);
-    assert_eq!(c.milter.max_connections, 1024);
+    assert_eq!(c.milter.max_connections, 10_000);
+    assert_eq!(c.milter.overflow_action, OverflowAction::Tempfail);
+    assert_eq!(c.milter.negotiation_timeout, Duration::from_secs(10));
     assert_eq!(c.milter.idle_timeout, Duration::from_secs(300));
     assert_eq!(c.milter.write_timeout, Duration::from_secs(30));
-    assert_eq!(c.milter.max_frame, 1 << 20);
+    assert_eq!(c.milter.max_frame, 65_540);
+    assert_eq!(c.milter.max_macro_frame, 16_384);
+    assert_eq!(c.milter.max_macros, 128);
+    assert_eq!(c.milter.max_recipients, 1000);
     assert_eq!(c.milter.socket_mode, None);
     assert_eq!(c.milter.tag_header, "X-Mxsentry");
     let nets: Vec<String> = c.trusted.networks.iter().map(|n| n.to_string()).collect();
@@ -200,6 +205,26 @@ fn shipped_milter_toml_parses() {
     assert!(c.dnsbl.zones.is_empty() && c.dnsbl.domain_zones.is_empty());
     assert!(c.dns.nameservers.is_empty());
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9890".parse().unwrap()));
+    // The limits it shows are the defaults.
+    let (m, d) = (&c.milter, Config::default().milter);
+    assert_eq!(
+        (m.max_connections, m.overflow_action, m.negotiation_timeout),
+        (d.max_connections, d.overflow_action, d.negotiation_timeout)
+    );
+    assert_eq!(
+        (
+            m.max_frame,
+            m.max_macro_frame,
+            m.max_macros,
+            m.max_recipients
+        ),
+        (
+            d.max_frame,
+            d.max_macro_frame,
+            d.max_macros,
+            d.max_recipients
+        )
+    );
 }
 
 #[test]
@@ -397,6 +422,17 @@ fn prefix_and_frame_ranges_name_their_line() {
     error_at("[greylist]\n\nipv4_prefix = -1\n", 3, "ipv4_prefix");
     error_at("[milter]\nmax_frame = 65536\n", 2, "must be at least 65540");
     error_at("[milter]\nmax_connections = 0\n", 2, "max_connections");
+    error_at(
+        "[milter]\nmax_recipients = 0\n",
+        2,
+        "invalid max_recipients 0",
+    );
+    error_at(
+        "[milter]\nmax_macro_frame = 100\n",
+        2,
+        "invalid max_macro_frame 100: must be at least 1024",
+    );
+    error_at("[milter]\nmax_macros = 2\n", 2, "invalid max_macros 2");
     error_at("[dns]\nmax_concurrent = 0\n", 2, "max_concurrent");
     let c = parse("[milter]\nmax_frame = 65540\n[greylist]\nipv4_prefix = 32\nipv6_prefix = 128\n")
         .unwrap();
@@ -628,4 +664,36 @@ fn a_failed_lookup_refuses_only_as_far_as_its_check_could() {
     assert_eq!(Action::on_temp_failure(&[Reject], tf), Tempfail);
     let ignore = TempFailureAction::Ignore;
     assert_eq!(Action::on_temp_failure(&[Reject], ignore), Log);
+}
+
+#[test]
+fn overflow_and_negotiation_keys() {
+    let c = parse(
+        "[milter]\noverflow_action = \"accept\"\nnegotiation_timeout = \"2s\"\nmax_recipients = 50\n\
+         max_macro_frame = 4096\nmax_macros = 32\n",
+    )
+    .unwrap();
+    assert_eq!(c.milter.overflow_action, OverflowAction::Accept);
+    assert_eq!(c.milter.negotiation_timeout, Duration::from_secs(2));
+    assert_eq!(
+        (
+            c.milter.max_recipients,
+            c.milter.max_macro_frame,
+            c.milter.max_macros
+        ),
+        (50, 4096, 32)
+    );
+    let c = parse("[milter]\noverflow_action = \"close\"\n").unwrap();
+    assert_eq!(c.milter.overflow_action, OverflowAction::Close);
+    assert_eq!(OverflowAction::Close.name(), "close");
+    error_at(
+        "[milter]\nlisten = \"inet:8890@127.0.0.1\"\noverflow_action = \"reject\"\n",
+        3,
+        "unknown variant `reject`",
+    );
+    error_at(
+        "[milter]\nnegotiation_timeout = \"0s\"\n",
+        2,
+        "longer than zero",
+    );
 }

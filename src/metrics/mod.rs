@@ -87,12 +87,14 @@ pub const DNS_ERRORS: [&str; 5] = ["timeout", "servfail", "refused", "network", 
 pub const DNSBL_RESULTS: [&str; 5] = ["listed", "not_listed", "timeout", "error", "blocked"];
 
 /// `reason` label values of `mxsentry_protocol_errors_total`; anything else is `other`.
-pub const PROTOCOL_ERRORS: [&str; 8] = [
+pub const PROTOCOL_ERRORS: [&str; 10] = [
     "frame_too_large",
+    "macro_limit",
     "truncated",
     "unknown_command",
     "malformed",
     "not_negotiated",
+    "negotiation_timeout",
     "idle_timeout",
     "write_timeout",
     "io",
@@ -110,6 +112,9 @@ pub const HTTP_DROP_REASONS: [&str; 5] = [
     "malformed",
     "write_timeout",
 ];
+/// `action` label values of `mxsentry_connections_overflow_total`: what a connection over
+/// `max_connections` got. Anything else is `other`.
+pub const OVERFLOW_ACTIONS: [&str; 3] = ["tempfail", "accept", "close"];
 
 /// `backend` label values of the greylist families (resolved once; other `&'static str`
 /// backends are accepted too).
@@ -279,7 +284,10 @@ pub struct Metrics {
 
     connections_open: IntGauge,
     connections_total: IntCounter,
-    protocol_errors: Fixed<IntCounter, 8>,
+    connections_limit: IntGauge,
+    connections_overflow: Fixed<IntCounter, 3>,
+    protocol_errors: Fixed<IntCounter, 10>,
+    recipients_over_limit: IntCounter,
 
     http_dropped: Fixed<IntCounter, 5>,
 
@@ -392,6 +400,29 @@ impl Metrics {
                 "MTA connections accepted since start.",
             ),
         );
+        let connections_limit = register(
+            r,
+            IntGauge::new(
+                "mxsentry_connections_limit",
+                "MTA connections served at once at most (max_connections, after fitting it to \
+                 the open file limit).",
+            ),
+        );
+        let overflow_vec = counter_vec(
+            r,
+            "mxsentry_connections_overflow_total",
+            "MTA connections over the limit, answered at once instead of served, by what they \
+             got: tempfail, accept (overflow_action) or close (closed unanswered).",
+            &["action"],
+        );
+        let recipients_over_limit = register(
+            r,
+            IntCounter::new(
+                "mxsentry_recipients_over_limit_total",
+                "Recipients beyond max_recipients in their message, answered 452 4.5.3 \
+                 without checks.",
+            ),
+        );
         let protocol_errors_vec = counter_vec(
             r,
             "mxsentry_protocol_errors_total",
@@ -479,10 +510,15 @@ impl Metrics {
             greylist_errors,
             connections_open,
             connections_total,
+            connections_limit,
+            connections_overflow: Fixed::new(&OVERFLOW_ACTIONS, |a| {
+                overflow_vec.with_label_values(&[a])
+            }),
             protocol_errors: Fixed::new(&PROTOCOL_ERRORS, |r| {
                 protocol_errors_vec.with_label_values(&[r])
             }),
             http_dropped: Fixed::new(&HTTP_DROP_REASONS, |r| http_dropped.with_label_values(&[r])),
+            recipients_over_limit,
             decision_duration,
             reload_success: reloads.with_label_values(&["success"]),
             reload_failure: reloads.with_label_values(&["failure"]),
@@ -663,6 +699,22 @@ impl Metrics {
     pub fn connection(&self) -> ConnectionGuard<'_> {
         self.connection_opened();
         ConnectionGuard { metrics: self }
+    }
+
+    /// The number of connections served at once at most (set at start).
+    pub fn connections_limit(&self, max: usize) {
+        self.connections_limit
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+    }
+
+    /// A connection over the limit was answered at once; `action` from [`OVERFLOW_ACTIONS`].
+    pub fn connection_overflow(&self, action: &str) {
+        self.connections_overflow.get(action).inc();
+    }
+
+    /// A recipient beyond `max_recipients` got 452 4.5.3 without checks.
+    pub fn recipient_over_limit(&self) {
+        self.recipients_over_limit.inc();
     }
 
     /// A connection ended by a protocol error or timeout; `reason` from [`PROTOCOL_ERRORS`]

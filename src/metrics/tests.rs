@@ -25,6 +25,9 @@ const FAMILIES: &[(&str, &str)] = &[
     ("mxsentry_greylist_errors_total", "counter"),
     ("mxsentry_connections_open", "gauge"),
     ("mxsentry_connections_total", "counter"),
+    ("mxsentry_connections_limit", "gauge"),
+    ("mxsentry_connections_overflow_total", "counter"),
+    ("mxsentry_recipients_over_limit_total", "counter"),
     ("mxsentry_protocol_errors_total", "counter"),
     ("mxsentry_metrics_http_connections_dropped_total", "counter"),
     ("mxsentry_decision_duration_seconds", "histogram"),
@@ -348,6 +351,11 @@ fn counters_move() {
     m.greylist_op("redis", "record", 0.3, false);
     m.greylist_error("embedded");
     m.protocol_error("frame_too_large");
+    m.connection_overflow("tempfail");
+    m.connection_overflow("close");
+    m.connection_overflow("close");
+    m.connections_limit(10_000);
+    m.recipient_over_limit();
     m.decision_duration(0.25);
     m.reload(false);
 
@@ -358,6 +366,13 @@ fn counters_move() {
             .unwrap_or_else(|| panic!("no {}", key(name, labels)))
     };
     assert_eq!(at("mxsentry_sessions_total", &[("verdict", "reject")]), 1.0);
+    let overflow = |a| at("mxsentry_connections_overflow_total", &[("action", a)]);
+    assert_eq!(
+        (overflow("tempfail"), overflow("accept"), overflow("close")),
+        (1.0, 0.0, 2.0)
+    );
+    assert_eq!(at("mxsentry_connections_limit", &[]), 10_000.0);
+    assert_eq!(at("mxsentry_recipients_over_limit_total", &[]), 1.0);
     assert_eq!(at("mxsentry_messages_total", &[("verdict", "accept")]), 2.0);
     assert_eq!(
         at("mxsentry_recipients_total", &[("verdict", "greylist")]),

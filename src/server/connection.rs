@@ -5,10 +5,12 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::protocol::command::decode_command;
+use crate::protocol::command::{decode_command, Command, SMFIC_MACRO};
 use crate::protocol::frame::split_frame;
 use crate::session::{Flow, Session};
 
@@ -16,6 +18,13 @@ use crate::session::{Flow, Session};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_frame: usize,
+    /// Largest MACRO frame (bytes, command byte included).
+    pub max_macro_frame: usize,
+    /// Most name/value pairs in one MACRO frame.
+    pub max_macros: usize,
+    /// From accept to a complete OPTNEG.
+    pub negotiation_timeout: Duration,
+    /// For each later frame, from the end of the previous one.
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
 }
@@ -29,10 +38,18 @@ pub enum ConnectionEnd {
     Truncated,
     #[error("quit")]
     Quit,
+    #[error("closed between SMTP sessions for shutdown")]
+    Shutdown,
+    #[error("no option negotiation within {0:?}")]
+    NegotiationTimeout(Duration),
     #[error("idle for {0:?}")]
     IdleTimeout(Duration),
     #[error("write timed out after {0:?}")]
     WriteTimeout(Duration),
+    #[error("MACRO frame of {len} bytes exceeds max_macro_frame {max}")]
+    MacroFrameTooLarge { len: usize, max: usize },
+    #[error("MACRO frame with {count} macros exceeds max_macros {max}")]
+    TooManyMacros { count: usize, max: usize },
     #[error("bad frame: {0}")]
     Frame(#[from] crate::protocol::frame::FrameError),
     #[error("bad command: {0}")]
@@ -46,21 +63,26 @@ pub enum ConnectionEnd {
 impl ConnectionEnd {
     /// A normal end (no log line at warning level).
     pub fn is_clean(&self) -> bool {
-        matches!(self, ConnectionEnd::PeerClosed | ConnectionEnd::Quit)
+        matches!(
+            self,
+            ConnectionEnd::PeerClosed | ConnectionEnd::Quit | ConnectionEnd::Shutdown
+        )
     }
 
     /// The `mxsentry_protocol_errors_total` reason (one of `metrics::PROTOCOL_ERRORS`), or
-    /// `None` for a normal end (QUIT, the MTA closing between commands).
+    /// `None` for a normal end (QUIT, the MTA closing between commands, shutdown).
     pub fn metric_reason(&self) -> Option<&'static str> {
         use crate::protocol::command::DecodeError;
         use crate::protocol::frame::FrameError;
         use crate::session::SessionError;
         use ConnectionEnd as End;
         Some(match self {
-            End::PeerClosed | End::Quit => return None,
+            End::PeerClosed | End::Quit | End::Shutdown => return None,
             End::Truncated => "truncated",
+            End::NegotiationTimeout(_) => "negotiation_timeout",
             End::IdleTimeout(_) => "idle_timeout",
             End::WriteTimeout(_) => "write_timeout",
+            End::MacroFrameTooLarge { .. } | End::TooManyMacros { .. } => "macro_limit",
             End::Frame(FrameError::TooLarge { .. }) => "frame_too_large",
             End::Frame(_) => "malformed",
             End::Decode(DecodeError::UnknownCommand(_)) => "unknown_command",
@@ -75,8 +97,21 @@ impl ConnectionEnd {
 /// Read buffer size, and its growth step.
 const READ_CHUNK: usize = 2048;
 
-/// Serves milter commands on `stream` until QUIT, EOF, a timeout or a protocol error.
-pub async fn serve<S>(mut stream: S, mut session: Session, limits: Limits) -> ConnectionEnd
+/// A read buffer grown beyond this (by a large frame) is given back once it is empty, so an
+/// idle connection costs its small buffers again; and a MACRO frame cut from such a buffer is
+/// copied out, so the session's stored macros do not pin the large allocation.
+const GROWN: usize = 4 * READ_CHUNK;
+
+/// Serves milter commands on `stream` until QUIT, EOF, a timeout, a protocol error or (once
+/// `stop` turns true) the end of the SMTP session in progress. `read`: bytes already read
+/// from the stream (by the overflow handler that hands a connection over).
+pub async fn serve<S>(
+    mut stream: S,
+    mut session: Session,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    read: &[u8],
+) -> ConnectionEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -84,11 +119,17 @@ where
     // hundred bytes, and an idle connection should cost little (10,000 of them are a target).
     // A bigger frame still arrives: the buffer grows by READ_CHUNK as it fills.
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    rbuf.extend_from_slice(read);
     let mut wbuf = BytesMut::with_capacity(1024);
+    let mut stopping = *stop.borrow();
+    // Set when the wait for a frame starts; partial reads do not move it, so a peer that
+    // trickles a frame byte by byte is bounded like an idle one.
+    let mut deadline: Option<(Instant, Duration)> = None;
     loop {
         // Answer everything already buffered before reading again (the MTA may pipeline
         // no-reply commands such as MACRO, CONNECT, HELO, MAIL behind each other).
-        let frame = match split_frame(&mut rbuf, limits.max_frame) {
+        let backing = rbuf.capacity();
+        let mut frame = match split_frame(&mut rbuf, limits.max_frame) {
             Ok(Some(frame)) => frame,
             Ok(None) => {
                 if !wbuf.is_empty() {
@@ -96,24 +137,84 @@ where
                         return e;
                     }
                 }
-                if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                if stopping && !session.in_smtp_session() {
+                    return ConnectionEnd::Shutdown;
+                }
+                if rbuf.is_empty() && rbuf.capacity() > GROWN {
+                    rbuf = BytesMut::with_capacity(READ_CHUNK);
+                } else if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                     rbuf.reserve(READ_CHUNK);
                 }
-                match tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut rbuf)).await {
-                    Err(_) => return ConnectionEnd::IdleTimeout(limits.idle_timeout),
-                    Ok(Err(e)) => return ConnectionEnd::Io(e),
-                    Ok(Ok(0)) if rbuf.is_empty() => return ConnectionEnd::PeerClosed,
-                    Ok(Ok(0)) => return ConnectionEnd::Truncated,
-                    Ok(Ok(_)) => continue,
+                let (until, waited) = *deadline.get_or_insert_with(|| {
+                    let t = if session.is_negotiated() {
+                        limits.idle_timeout
+                    } else {
+                        limits.negotiation_timeout
+                    };
+                    (Instant::now() + t, t)
+                });
+                let read = tokio::select! {
+                    biased;
+                    r = stream.read_buf(&mut rbuf) => r,
+                    _ = tokio::time::sleep_until(until) => {
+                        return if session.is_negotiated() {
+                            ConnectionEnd::IdleTimeout(waited)
+                        } else {
+                            ConnectionEnd::NegotiationTimeout(waited)
+                        };
+                    }
+                    _ = stop.changed(), if !stopping => {
+                        // (an error means the server is gone: stop as well)
+                        stopping = true;
+                        continue;
+                    }
+                };
+                match read {
+                    Err(e) => return ConnectionEnd::Io(e),
+                    Ok(0) if rbuf.is_empty() => return ConnectionEnd::PeerClosed,
+                    Ok(0) => return ConnectionEnd::Truncated,
+                    Ok(_) => continue,
                 }
             }
             Err(e) => return e.into(),
         };
+        if frame[0] == SMFIC_MACRO {
+            if frame.len() > limits.max_macro_frame {
+                return ConnectionEnd::MacroFrameTooLarge {
+                    len: frame.len(),
+                    max: limits.max_macro_frame,
+                };
+            }
+            if backing > GROWN {
+                frame = Bytes::copy_from_slice(&frame);
+            }
+        }
         let command = match decode_command(frame) {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        match session.handle(command, &mut wbuf).await {
+        if let Command::Macro { pairs, .. } = &command {
+            let count = pairs.len();
+            if count > limits.max_macros {
+                return ConnectionEnd::TooManyMacros {
+                    count,
+                    max: limits.max_macros,
+                };
+            }
+        }
+        let session_ends = matches!(command, Command::QuitNewConnection);
+        let result = session.handle(command, &mut wbuf).await;
+        // Until OPTNEG the negotiation deadline runs from accept, whatever else arrives.
+        if session.is_negotiated() {
+            deadline = None;
+        }
+        match result {
+            Ok(Flow::Continue) if session_ends && stopping => {
+                // The MTA would start its next SMTP session on this connection: shutting
+                // down, it gets a closed connection instead (as a new one would be refused).
+                let _ = flush(&mut stream, &mut wbuf, limits.write_timeout).await;
+                return ConnectionEnd::Shutdown;
+            }
             Ok(Flow::Continue) => {}
             Ok(Flow::Close) => {
                 let _ = flush(&mut stream, &mut wbuf, limits.write_timeout).await;
@@ -150,6 +251,16 @@ mod tests {
         let cases = [
             (End::PeerClosed, None),
             (End::Quit, None),
+            (End::Shutdown, None),
+            (
+                End::NegotiationTimeout(std::time::Duration::from_secs(1)),
+                Some("negotiation_timeout"),
+            ),
+            (
+                End::MacroFrameTooLarge { len: 9, max: 1 },
+                Some("macro_limit"),
+            ),
+            (End::TooManyMacros { count: 9, max: 1 }, Some("macro_limit")),
             (End::Truncated, Some("truncated")),
             (
                 End::IdleTimeout(std::time::Duration::from_secs(1)),

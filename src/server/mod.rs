@@ -1,27 +1,38 @@
 //! The server: listeners, one task per MTA connection, reload and graceful shutdown.
 //!
-//! Connections are bounded by a semaphore (`milter.max_connections`); a connection over the limit
-//! waits in the accept queue rather than being refused, as libmilter does. SIGHUP swaps in a new
-//! policy for sessions that start afterwards; SIGTERM stops accepting and lets sessions in flight
-//! finish up to a deadline.
+//! Connections are bounded by a semaphore (`milter.max_connections`), but every connection is
+//! accepted at once: one over the limit is answered straight away with `overflow_action`
+//! (`overflow.rs`) instead of waiting in the kernel's accept queue, where the MTA would sit out
+//! its milter timeouts while mail stalls. The open file limit is raised and the limits fitted
+//! inside it (`limits.rs`); should descriptors still run out, waiting connections are closed at
+//! once rather than left to hang. SIGHUP swaps in a new policy for sessions that start
+//! afterwards; SIGTERM stops accepting, closes connections between SMTP sessions and lets the
+//! sessions in flight finish, up to a deadline.
 
 pub mod connection;
+pub mod limits;
 pub mod listener;
+pub mod overflow;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::checks::greylist::{purge_task, Greylister};
-use crate::config::Config;
+use crate::config::{Config, OverflowAction};
 use crate::metrics::{self, metrics};
 use crate::policy::{self, Policy};
+use crate::protocol::negotiate::Negotiated;
 use crate::session::{PolicySource, Session};
 use crate::store::GreylistStore;
 use connection::Limits;
 use listener::Listener;
+use overflow::WarnEvery;
+
+pub use limits::raise_nofile_limit;
 
 /// How often expired greylist entries are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
@@ -86,6 +97,8 @@ impl Server {
     /// Binds every listener, serves until SIGTERM/SIGINT, then drains.
     pub async fn run(self) -> Result<(), String> {
         let signals = Signals::install()?;
+        // Before anything opens descriptors: the limit is the process's.
+        let (max, handlers) = fit_open_files(&self.config);
         // The greylist store first: a corrupt or unwritable file stops the start with its reason.
         let greylister = if self.config.may_greylist() {
             Some(Greylister::open(&self.config.greylist).await?)
@@ -131,15 +144,22 @@ impl Server {
             access_rules = access,
             regex_rules = regex,
             greylist_store = store.as_ref().map_or("none", |s| s.backend()),
+            max_connections = max,
+            overflow_action = self.config.milter.overflow_action.name(),
             "mxsentry started"
         );
 
-        let max = self.config.milter.max_connections;
+        let m = &self.config.milter;
+        metrics().connections_limit(max);
         let slots = Arc::new(Semaphore::new(max));
+        let overflow_slots = Arc::new(Semaphore::new(handlers));
         let limits = Limits {
-            max_frame: self.config.milter.max_frame,
-            idle_timeout: self.config.milter.idle_timeout,
-            write_timeout: self.config.milter.write_timeout,
+            max_frame: m.max_frame,
+            max_macro_frame: m.max_macro_frame,
+            max_macros: m.max_macros,
+            negotiation_timeout: m.negotiation_timeout,
+            idle_timeout: m.idle_timeout,
+            write_timeout: m.write_timeout,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         if let Some(l) = metrics_listener {
@@ -150,16 +170,34 @@ impl Server {
                 }
             });
         }
+        let action = m.overflow_action;
+        let shared = Arc::new(Shared {
+            slots: slots.clone(),
+            overflow_slots: overflow_slots.clone(),
+            policies: policy.clone() as Arc<dyn PolicySource>,
+            limits,
+            overflow_action: action,
+            stop: stop_rx.clone(),
+            overflow_warn: WarnEvery::new(WARN_PERIOD, move |n| {
+                tracing::warn!(
+                    max_connections = max,
+                    overflow_action = action.name(),
+                    "connection limit reached: {n} MTA connection(s) over max_connections \
+                     answered at once instead of served (mxsentry_connections_overflow_total)"
+                )
+            }),
+            fd_warn: WarnEvery::new(WARN_PERIOD, |n| {
+                tracing::error!(
+                    "out of open files: {n} MTA connection(s) closed at once instead of left \
+                     waiting; raise LimitNOFILE or lower max_connections"
+                )
+            }),
+        });
         let mut accept_tasks = Vec::new();
         for l in listeners {
-            accept_tasks.push(tokio::spawn(accept_loop(
-                l,
-                slots.clone(),
-                policy.clone() as Arc<dyn PolicySource>,
-                limits,
-                stop_rx.clone(),
-            )));
+            accept_tasks.push(tokio::spawn(accept_loop(l, shared.clone())));
         }
+        drop(shared);
 
         if let Some(s) = &store {
             tokio::spawn(purge_task(s.clone(), PURGE_INTERVAL, stop_rx.clone()));
@@ -170,9 +208,14 @@ impl Server {
         for t in accept_tasks {
             let _ = t.await;
         }
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(max as u32)).await;
+        let all = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            let _s = slots.acquire_many(all(max)).await;
+            let _o = overflow_slots.acquire_many(all(handlers)).await;
+        })
+        .await;
         match drained {
-            Ok(_) => tracing::info!("all sessions finished; exiting"),
+            Ok(()) => tracing::info!("all sessions finished; exiting"),
             Err(_) => tracing::warn!(
                 in_flight = max - slots.available_permits(),
                 "sessions still open after {SHUTDOWN_GRACE:?}; exiting anyway"
@@ -251,19 +294,76 @@ pub fn reload(config_path: &std::path::Path, shared: &SharedPolicy) {
     }
 }
 
-async fn accept_loop(
-    listener: Listener,
+/// How often a warning that repeats (connections over the limit, out of files) is logged.
+const WARN_PERIOD: Duration = Duration::from_secs(10);
+
+/// Raises the open file limit and fits the connection limits in it; returns
+/// `(max_connections, overflow handlers)`.
+fn fit_open_files(config: &Config) -> (usize, usize) {
+    let wanted = config.milter.max_connections;
+    let handlers = limits::overflow_handlers_for(wanted);
+    let reserved = limits::reserved_fds(config.dns.max_concurrent);
+    let nofile = match limits::raise_nofile_limit() {
+        Ok((before, now)) => {
+            if now != before {
+                tracing::info!("open file limit raised from {before} to {now}");
+            }
+            now
+        }
+        Err(e) => {
+            let soft = limits::nofile_limit().map_or(1024, |(soft, _)| soft);
+            tracing::warn!("cannot raise the open file limit ({soft}): {e}");
+            soft
+        }
+    };
+    let (max, handlers) = limits::fit(wanted, handlers, reserved, nofile);
+    if max < wanted {
+        tracing::warn!(
+            open_file_limit = nofile,
+            "max_connections = {wanted} does not fit in the open file limit ({nofile}, with \
+             {reserved} descriptors kept for DNS, metrics and the daemon): serving at most {max} \
+             connections at once, the rest get the overflow action; raise LimitNOFILE"
+        );
+    }
+    (max, handlers)
+}
+
+/// What every connection task of the daemon shares.
+pub(crate) struct Shared {
+    /// `max_connections` permits: a served connection holds one for its life.
     slots: Arc<Semaphore>,
+    /// Overflow handlers at once; beyond them an overflow connection is closed unanswered.
+    overflow_slots: Arc<Semaphore>,
     policies: Arc<dyn PolicySource>,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
-) {
+    overflow_action: OverflowAction,
+    /// Turns true at SIGTERM.
+    stop: watch::Receiver<bool>,
+    overflow_warn: Arc<WarnEvery>,
+    fd_warn: Arc<WarnEvery>,
+}
+
+impl Shared {
+    /// Counts a connection over the limit that gets `overflow_action`.
+    fn overflowed(&self) {
+        metrics().connection_overflow(self.overflow_action.name());
+        self.overflow_warn.hit();
+    }
+
+    /// Counts a connection closed unanswered (overflow handlers busy, or out of files).
+    fn closed_unanswered(&self, warn: &Arc<WarnEvery>) {
+        metrics().connection_overflow(OverflowAction::Close.name());
+        warn.hit();
+    }
+}
+
+async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
+    let mut stop = shared.stop.clone();
+    // Kept open to be closed when descriptors run out: one free descriptor is what it takes
+    // to accept a waiting connection and close it (the MTA then learns at once).
+    let mut spare = spare_fd();
     let mut backoff = Duration::from_millis(10);
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
-        };
         let accepted = tokio::select! {
             a = accept(&listener) => a,
             _ = stop.changed() => return,
@@ -271,37 +371,153 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
-                let session = Session::new(policies.clone());
-                // Boxed: the connection future is ~3.4 KB, which tokio would otherwise copy
-                // into the task at spawn and again when it stores the task's output.
-                tokio::spawn(Box::pin(async move {
-                    let _open = metrics().connection();
-                    let end = match stream {
-                        Stream::Tcp(s) => {
-                            let _ = s.set_nodelay(true);
-                            connection::serve(s, session, limits).await
-                        }
-                        Stream::Unix(s) => connection::serve(s, session, limits).await,
-                    };
-                    if let Some(reason) = end.metric_reason() {
-                        metrics().protocol_error(reason);
-                    }
-                    if end.is_clean() {
-                        tracing::debug!(peer = %peer, "connection closed: {end}");
-                    } else {
-                        tracing::warn!(peer = %peer, "connection closed: {end}");
-                    }
-                    drop(permit);
-                }));
+                dispatch(stream, peer, &shared);
             }
+            Err(e) if limits::is_out_of_fds(&e) && spare.is_some() => {
+                let n = shed(&listener, &mut spare).await;
+                for _ in 0..n {
+                    shared.closed_unanswered(&shared.fd_warn);
+                }
+                if n == 0 {
+                    // The freed descriptor was taken by something else: do not spin.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
+                // Out of files with no spare descriptor to free (it could not be taken back),
+                // or another error: wait for things to change.
                 tracing::error!("accept failed: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+                if spare.is_none() {
+                    spare = spare_fd();
+                }
             }
         }
     }
+}
+
+fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// Out of descriptors: closes the spare one, then accepts and closes every connection waiting
+/// (each reuses the descriptor the previous one freed), then takes the spare back. Returns the
+/// number closed.
+async fn shed(listener: &Listener, spare: &mut Option<std::fs::File>) -> usize {
+    drop(spare.take());
+    let mut n = 0;
+    // A zero timeout polls accept once: a connection that is waiting, or nothing.
+    while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::ZERO, accept(listener)).await {
+        drop(stream);
+        n += 1;
+        if n % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    *spare = spare_fd();
+    n
+}
+
+/// Serves an accepted connection, or answers it as overflow.
+fn dispatch(stream: Stream, peer: String, shared: &Arc<Shared>) {
+    if let Stream::Tcp(s) = &stream {
+        let _ = s.set_nodelay(true);
+    }
+    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+        return overflow(stream, peer, shared);
+    };
+    let shared = shared.clone();
+    // Boxed: the connection future is ~3.4 KB, which tokio would otherwise copy into the task
+    // at spawn and again when it stores the task's output.
+    tokio::spawn(Box::pin(async move {
+        match stream {
+            Stream::Tcp(s) => run_connection(s, peer, permit, None, &[], &shared).await,
+            Stream::Unix(s) => run_connection(s, peer, permit, None, &[], &shared).await,
+        }
+    }));
+}
+
+/// A connection over `max_connections`.
+fn overflow(stream: Stream, peer: String, shared: &Arc<Shared>) {
+    if shared.overflow_action == OverflowAction::Close {
+        drop(stream);
+        return shared.overflowed();
+    }
+    let Ok(handler) = shared.overflow_slots.clone().try_acquire_owned() else {
+        drop(stream);
+        return shared.closed_unanswered(&shared.overflow_warn);
+    };
+    shared.overflowed();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        match stream {
+            Stream::Tcp(s) => answer_overflow(s, peer, handler, shared).await,
+            Stream::Unix(s) => answer_overflow(s, peer, handler, shared).await,
+        }
+    });
+}
+
+async fn answer_overflow<S>(
+    mut stream: S,
+    peer: String,
+    handler: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let outcome = overflow::answer(&mut stream, &shared).await;
+    drop(handler);
+    if let overflow::Outcome::Upgrade(negotiated, slot, head) = outcome {
+        tracing::debug!(peer = %peer, "overflow connection reused after QUIT_NC: now served");
+        // Boxed: only a taken-over connection pays for the full connection future.
+        Box::pin(run_connection(
+            stream,
+            peer,
+            slot,
+            Some(negotiated),
+            &head,
+            &shared,
+        ))
+        .await;
+    }
+}
+
+/// Serves one connection holding a `max_connections` slot; `negotiated`: the options agreed by
+/// the overflow handler that hands it over, with `read`, the bytes it already read.
+async fn run_connection<S>(
+    stream: S,
+    peer: String,
+    slot: OwnedSemaphorePermit,
+    negotiated: Option<Negotiated>,
+    read: &[u8],
+    shared: &Shared,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _open = metrics().connection();
+    // The session is made here, inside the call: made earlier and moved in, it would take room
+    // in this future beside its copy in the connection's (some 1.4 KB per idle connection).
+    let session = Session::with_negotiated(shared.policies.clone(), negotiated);
+    let stop = shared.stop.clone();
+    let end = connection::serve(stream, session, shared.limits, stop, read).await;
+    if let Some(reason) = end.metric_reason() {
+        metrics().protocol_error(reason);
+    }
+    if end.is_clean() {
+        tracing::debug!(peer = %peer, "connection closed: {end}");
+    } else {
+        tracing::warn!(peer = %peer, "connection closed: {end}");
+    }
+    drop(slot);
 }
 
 enum Stream {

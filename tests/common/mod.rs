@@ -25,17 +25,44 @@ client.example A 192.0.2.10
 client66.example A 192.0.2.66
 ";
 
-fn spawn_daemon(config_path: &Path, log_path: &Path) -> Child {
+/// How a test daemon is started, beyond its configuration.
+#[derive(Clone, Copy)]
+pub struct Options {
+    /// `RUST_LOG` for the daemon (default `mxsentry=debug`; a long soak wants `mxsentry=warn`).
+    pub log_filter: &'static str,
+    /// Start it under `prlimit --nofile=N:N` (its open file limit, soft and hard).
+    pub nofile: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            log_filter: "mxsentry=debug",
+            nofile: None,
+        }
+    }
+}
+
+fn spawn_daemon(config_path: &Path, log_path: &Path, opts: Options) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)
         .unwrap();
-    Process::new(env!("CARGO_BIN_EXE_mxsentry"))
-        .arg("run")
+    let bin = env!("CARGO_BIN_EXE_mxsentry");
+    // prlimit execs the daemon: the child's pid stays the daemon's.
+    let mut cmd = match opts.nofile {
+        Some(n) => {
+            let mut c = Process::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg(bin);
+            c
+        }
+        None => Process::new(bin),
+    };
+    cmd.arg("run")
         .arg("--config")
         .arg(config_path)
-        .env("RUST_LOG", "mxsentry=debug")
+        .env("RUST_LOG", opts.log_filter)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -52,6 +79,7 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub log_path: PathBuf,
     pub config_path: PathBuf,
+    opts: Options,
 }
 
 pub fn free_port() -> u16 {
@@ -70,6 +98,15 @@ impl Daemon {
 
     /// Starts the daemon with its own loopback DNS server serving `zone`.
     pub fn start_with_zone(access: &str, extra: &str, zone: &str) -> Daemon {
+        Daemon::start_full(access, extra, zone, Options::default())
+    }
+
+    /// Starts the daemon with the test zone and `opts`.
+    pub fn start_opts(access: &str, extra: &str, opts: Options) -> Daemon {
+        Daemon::start_full(access, extra, TEST_ZONE, opts)
+    }
+
+    fn start_full(access: &str, extra: &str, zone: &str, opts: Options) -> Daemon {
         let dns = mxsentry::testing::dns_server::TestDnsServer::start_in_thread(zone).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -98,16 +135,22 @@ impl Daemon {
         } else {
             (extra, format!("{db}enabled = false\n"))
         };
+        // ... and its own idle_timeout.
+        let idle = if extra.contains("idle_timeout") {
+            ""
+        } else {
+            "idle_timeout = \"20s\"\n"
+        };
         let config = format!(
             "[milter]\nlisten = [\"inet:{port}@127.0.0.1\", \"unix:{}\"]\nhostname = \"mx.example.org\"\n\
-             idle_timeout = \"20s\"\n{extra}\n{dns_section}{greylist_section}\
+             {idle}{extra}\n{dns_section}{greylist_section}\
              [sender_rules]\naccess_file = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             socket.display(),
             access_path.display()
         );
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("mxsentry.log");
-        let child = spawn_daemon(&config_path, &log_path);
+        let child = spawn_daemon(&config_path, &log_path, opts);
         let d = Daemon {
             dns,
             metrics_port,
@@ -117,6 +160,7 @@ impl Daemon {
             dir,
             log_path,
             config_path,
+            opts,
         };
         d.wait_listening();
         d
@@ -136,7 +180,7 @@ impl Daemon {
 
     /// Starts the daemon again after it exited.
     pub fn restart_stopped(&mut self) {
-        self.child = spawn_daemon(&self.config_path, &self.log_path);
+        self.child = spawn_daemon(&self.config_path, &self.log_path, self.opts);
         self.wait_listening();
     }
 
@@ -145,7 +189,7 @@ impl Daemon {
         self.signal("TERM");
         let status = self.wait_exit(Duration::from_secs(30)).expect("exited");
         assert!(status.success(), "exit status {status:?}: {}", self.log());
-        self.child = spawn_daemon(&self.config_path, &self.log_path);
+        self.child = spawn_daemon(&self.config_path, &self.log_path, self.opts);
         self.wait_listening();
     }
 
@@ -194,6 +238,61 @@ impl Daemon {
             head.lines().next().unwrap_or("").to_string(),
             body.to_string(),
         )
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `mxsentry_connections_open` or
+    /// `mxsentry_connections_overflow_total{action="tempfail"}`; panics if it is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no sample {series} in /metrics"))
+    }
+
+    /// Polls `/metrics` until `series` has `value` (the daemon counts asynchronously).
+    pub fn wait_metric(&self, series: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.metric(series);
+            if got == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} is {got}, never {value}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the start-up probe connection (`wait_listening`) has come and gone, so the
+    /// connection counters start from it.
+    pub fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metric("mxsentry_connections_total") < 1.0
+            || self.metric("mxsentry_connections_open") != 0.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the probe connection never ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's resident memory in KiB (VmRSS).
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn pid(&self) -> u32 {
@@ -261,6 +360,11 @@ impl Client {
         Client::over(Box::new(s))
     }
 
+    /// Over a connected stream (its timeouts set by the caller).
+    pub fn tcp_stream(s: TcpStream) -> Client {
+        Client::over(Box::new(s))
+    }
+
     fn over(stream: Box<dyn Stream>) -> Client {
         Client {
             stream,
@@ -296,29 +400,25 @@ impl Client {
 
     /// True when the peer closed the connection (EOF or reset) within the read timeout.
     pub fn closed_by_peer(&mut self) -> bool {
-        let mut chunk = [0u8; 64];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) => {
-                    return matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                    )
-                }
-            }
-        }
+        closed_by_peer(&mut self.stream)
     }
 
     /// OPTNEG as Postfix 3.7 sends it: version 6, all actions, every protocol bit offered.
     pub fn negotiate(&mut self) -> Reply {
-        self.send(&Command::OptNeg {
-            version: 6,
-            actions: 0x1ff,
-            protocol: 0x001f_ffff,
-        });
-        let reply = self.recv().expect("OPTNEG reply");
+        self.try_negotiate().expect("OPTNEG reply")
+    }
+
+    /// OPTNEG; None when the filter closed the connection instead of answering.
+    pub fn try_negotiate(&mut self) -> Option<Reply> {
+        if self
+            .send_raw(&[
+                0, 0, 0, 13, b'O', 0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0x1f, 0xff, 0xff,
+            ])
+            .is_err()
+        {
+            return None;
+        }
+        let reply = self.recv()?;
         if let Reply::OptNeg {
             protocol, actions, ..
         } = &reply
@@ -326,7 +426,7 @@ impl Client {
             self.protocol = *protocol;
             self.actions = *actions;
         }
-        reply
+        Some(reply)
     }
 
     fn wants_reply(&self, nr_flag: u32) -> bool {
@@ -347,17 +447,7 @@ impl Client {
     }
 
     pub fn macros(&mut self, stage: u8, pairs: &[(&str, &str)]) {
-        let mut raw = Vec::new();
-        for (k, v) in pairs {
-            raw.extend_from_slice(k.as_bytes());
-            raw.push(0);
-            raw.extend_from_slice(v.as_bytes());
-            raw.push(0);
-        }
-        self.send(&Command::Macro {
-            stage,
-            pairs: MacroPairs::from_wire(Bytes::from(raw)).unwrap(),
-        });
+        self.send(&macro_command(stage, pairs));
     }
 
     pub fn connect(&mut self, hostname: &str, ip: &str) -> Option<Reply> {
@@ -457,6 +547,36 @@ impl Client {
                 return replies;
             }
         }
+    }
+}
+
+/// True when the peer of `stream` closes it (EOF or reset) before a read times out; what it
+/// sends first is skipped.
+pub fn closed_by_peer(stream: &mut impl Read) -> bool {
+    let mut chunk = [0u8; 256];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                )
+            }
+        }
+    }
+}
+
+/// A MACRO command for `stage` (a command byte such as `b'C'`).
+pub fn macro_command(stage: u8, pairs: &[(&str, &str)]) -> Command {
+    let pairs: Vec<(&[u8], &[u8])> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    Command::Macro {
+        stage,
+        pairs: MacroPairs::from_pairs(&pairs),
     }
 }
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs every end-to-end suite against the real mxsentry daemon, in one fresh state dir:
 #   starts the test DNS, mxsentry (target/debug/mxsentry, or $MXSENTRY_BIN), Postfix and sendmail
-#   (tests/testbed/, all on loopback), runs cli.sh, miltertest.sh, postfix.sh, sendmail.sh, checks
+#   (tests/testbed/, all on loopback), runs cli.sh, miltertest.sh, postfix*.sh, sendmail.sh, checks
 #   that mxsentry exits on SIGTERM, stops everything it started (always: trap, even on failure or ^C)
 #   and prints "N passed, M failed" as its last line; exit status 1 on any failure.
 # Needs root and the packages of tests/testbed/install.sh. Knobs: MXSENTRY_BIN, E2E_KEEP=1 (keep the
@@ -10,7 +10,7 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"      # (picks a free port set: E2E_PORT_OFFSET)
 T0=$SECONDS
 TOTAL_PASS=0; TOTAL_FAIL=0
-SUITES="${E2E_SUITES:-cli miltertest postfix postfix_dns postfix_greylist sendmail}"
+SUITES="${E2E_SUITES:-cli miltertest postfix postfix_dns postfix_greylist postfix_overflow sendmail}"
 
 fatal() { echo "FAIL - $*"; echo "e2e: aborted"; echo "0 passed, 1 failed"; exit 1; }
 
@@ -61,7 +61,7 @@ needs() {   # needs SUITE -> components it uses
   case "$1" in
     cli) echo "" ;;
     miltertest) echo "dns daemon" ;;
-    postfix|postfix_dns|postfix_greylist) echo "dns daemon postfix" ;;
+    postfix|postfix_dns|postfix_greylist|postfix_overflow) echo "dns daemon postfix" ;;
     sendmail) echo "dns daemon sendmail" ;;
   esac
 }
