@@ -1,71 +1,79 @@
-//! Rate-limited log lines: a fault that hits every session (a dead DNS list, a full disk, a
-//! connection flood) must be visible in the log without flooding it. At most one line per key
-//! per interval; the line says how many events it stands for.
+//! Rate-limited warnings: a fault that hits every session (a dead DNS list, connections over
+//! the limit, no open files left) must be visible in the log without flooding it.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Events per key since the last line, and when that line was written.
-pub struct LogLimiter {
-    interval: Duration,
-    /// (key, last line, events since): few keys (configured zones, one per fault kind), so
-    /// a scan is cheaper than hashing; and `Vec::new` lets a limiter be a `static`.
-    keys: Mutex<Vec<(String, Option<Instant>, u64)>>,
+/// A warning said at most once per `period` while its cause lasts: the first occurrence at
+/// once, then the count of each period. A flood of connections over the limit must not become
+/// a flood of log lines; the exact numbers are in the metrics.
+pub struct WarnEvery {
+    period: Duration,
+    pending: AtomicU64,
+    armed: AtomicBool,
+    say: Box<dyn Fn(u64) + Send + Sync>,
 }
 
-/// Most distinct keys remembered (keys come from the configuration, e.g. zone names; the bound
-/// only guards against a wiring mistake).
-const MAX_KEYS: usize = 256;
+impl WarnEvery {
+    pub fn new(period: Duration, say: impl Fn(u64) + Send + Sync + 'static) -> Arc<WarnEvery> {
+        Arc::new(WarnEvery {
+            period,
+            pending: AtomicU64::new(0),
+            armed: AtomicBool::new(false),
+            say: Box::new(say),
+        })
+    }
 
-impl LogLimiter {
-    pub const fn new(interval: Duration) -> LogLimiter {
-        LogLimiter {
-            interval,
-            keys: Mutex::new(Vec::new()),
+    /// Counts one occurrence; logs now if no line was written in the current period.
+    pub fn hit(self: &Arc<Self>) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if self.armed.swap(true, Ordering::AcqRel) {
+            return;
         }
-    }
-
-    /// Records one event for `key`. Returns `Some(n)` when a line is due now: `n` events
-    /// (this one included) happened since the last line for the key.
-    pub fn event(&self, key: &str) -> Option<u64> {
-        self.event_at(key, Instant::now())
-    }
-
-    fn event_at(&self, key: &str, now: Instant) -> Option<u64> {
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        let i = match keys.iter().position(|(k, ..)| k == key) {
-            Some(i) => i,
-            None => {
-                if keys.len() >= MAX_KEYS {
-                    keys.clear();
+        (self.say)(self.pending.swap(0, Ordering::AcqRel));
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(me.period).await;
+                let n = me.pending.swap(0, Ordering::AcqRel);
+                if n > 0 {
+                    (me.say)(n);
+                    continue;
                 }
-                keys.push((key.to_string(), None, 0));
-                keys.len() - 1
+                me.armed.store(false, Ordering::Release);
+                // A hit between the swap and the store found us armed and left its count.
+                if me.pending.load(Ordering::Acquire) == 0 || me.armed.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
             }
-        };
-        let (_, last, count) = &mut keys[i];
-        *count += 1;
-        if last.is_some_and(|t| now.duration_since(t) < self.interval) {
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(count))
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
-    #[test]
-    fn one_line_per_interval_counting_what_it_stands_for() {
-        let l = LogLimiter::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(l.event_at("a", t0), Some(1));
-        assert_eq!(l.event_at("a", t0 + Duration::from_secs(1)), None);
-        assert_eq!(l.event_at("b", t0 + Duration::from_secs(1)), Some(1));
-        assert_eq!(l.event_at("a", t0 + Duration::from_secs(5)), None);
-        assert_eq!(l.event_at("a", t0 + Duration::from_secs(11)), Some(3));
-        assert_eq!(l.event_at("a", t0 + Duration::from_secs(12)), None);
+    #[tokio::test]
+    async fn warn_every_says_the_first_at_once_then_counts_per_period() {
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let log = said.clone();
+        // Generous margins around a 100 ms period: a busy machine delays timers.
+        let w = WarnEvery::new(Duration::from_millis(100), move |n| {
+            log.lock().unwrap().push(n)
+        });
+        for _ in 0..5 {
+            w.hit();
+        }
+        assert_eq!(*said.lock().unwrap(), [1], "the first at once");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(*said.lock().unwrap(), [1, 4], "then the rest of the period");
+        // A quiet period disarms it: the next occurrence is said at once again.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        w.hit();
+        assert_eq!(*said.lock().unwrap(), [1, 4, 1]);
     }
 }

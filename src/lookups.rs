@@ -5,6 +5,7 @@
 //! only when steps 1–3 did not decide, so a message pays at most one DNS round trip, not one
 //! per check — and usually none, because the MTA's own round trips hide it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +16,9 @@ use crate::checks::dnsbl::{self, ZoneKind, ZoneResult};
 use crate::checks::helo::{self, HeloResolve};
 use crate::checks::rdns::{self, DynamicPatterns, RdnsResult};
 use crate::checks::rdns_mta::{self, MtaVerified};
-use crate::config::{Config, DnsblConfig};
+use crate::config::{Config, DnsblConfig, TempFailureAction};
 use crate::dns::Dns;
-use crate::log_limit::LogLimiter;
+use crate::log_limit::WarnEvery;
 
 /// The configured DNS checks, shared by every session under one policy.
 pub struct DnsChecks {
@@ -34,6 +35,9 @@ pub struct DnsChecks {
     /// greylisting keys verified clients by their rDNS domain (`pool_by_rdns`). Otherwise a
     /// PTR lookup would only cost time (and a failure of it must not count).
     pub rdns: bool,
+    /// Per configured list: the warning said (at most once a minute) while it cannot be
+    /// reached or refuses to answer.
+    unreachable: HashMap<String, Arc<WarnEvery>>,
 }
 
 impl DnsChecks {
@@ -52,8 +56,35 @@ impl DnsChecks {
                 || (config.greylist.pool_by_rdns && config.may_greylist()),
             // PTR and forward lookups run one after the other; one more timeout of slack.
             deadline: config.dns.timeout * 3,
+            unreachable: unreachable_warnings(&config.dnsbl),
         })
     }
+}
+
+/// How often a DNS list that keeps failing is named in the log.
+const UNREACHABLE_WARN_PERIOD: Duration = Duration::from_secs(60);
+
+fn unreachable_warnings(lists: &DnsblConfig) -> HashMap<String, Arc<WarnEvery>> {
+    let zones = lists.zones.iter().chain(&lists.domain_zones);
+    let zones = zones.chain(&lists.allow_zones);
+    zones
+        .map(|z| {
+            let zone = z.zone.clone();
+            let effect = if z.temp_failure == TempFailureAction::Tempfail {
+                "may tempfail (temp_failure = \"tempfail\")"
+            } else {
+                "ignored: counted as not listed"
+            };
+            let warn = WarnEvery::new(UNREACHABLE_WARN_PERIOD, move |failures| {
+                tracing::warn!(
+                    zone = %zone,
+                    failures,
+                    "DNS list gave no usable answer (timeout, error or refusal); {effect}"
+                )
+            });
+            (z.zone.clone(), warn)
+        })
+        .collect()
 }
 
 /// A lookup task that is cancelled when the session no longer needs it.
@@ -153,11 +184,17 @@ impl ClientLookups {
         });
         let c = checks.clone();
         let ip_lists = Pending::spawn(async move {
-            counted(dnsbl::query_ip(&c.dns, ip, &c.dnsbl.zones, ZoneKind::Ip).await)
+            counted(
+                &c,
+                dnsbl::query_ip(&c.dns, ip, &c.dnsbl.zones, ZoneKind::Ip).await,
+            )
         });
         let c = checks.clone();
         let allow_lists = Pending::spawn(async move {
-            counted(dnsbl::query_ip(&c.dns, ip, &c.dnsbl.allow_zones, ZoneKind::Allow).await)
+            counted(
+                &c,
+                dnsbl::query_ip(&c.dns, ip, &c.dnsbl.allow_zones, ZoneKind::Allow).await,
+            )
         });
         ClientLookups {
             checks,
@@ -215,7 +252,10 @@ impl ClientLookups {
         self.domain_lists = Some((
             domain,
             Pending::spawn(async move {
-                counted(dnsbl::query_domain(&c.dns, &d, &c.dnsbl.domain_zones).await)
+                counted(
+                    &c,
+                    dnsbl::query_domain(&c.dns, &d, &c.dnsbl.domain_zones).await,
+                )
             }),
         ));
     }
@@ -255,33 +295,22 @@ impl ClientLookups {
 }
 
 /// Counts each list's result (zone names come from the config: bounded label values), and
-/// warns, at most once a minute per zone, when a list cannot be reached or refuses to answer.
-fn counted(results: Vec<ZoneResult>) -> Vec<ZoneResult> {
-    static UNREACHABLE: LogLimiter = LogLimiter::new(Duration::from_secs(60));
+/// warns (rate-limited, per zone) when a list cannot be reached or refuses to answer.
+fn counted(checks: &DnsChecks, results: Vec<ZoneResult>) -> Vec<ZoneResult> {
     let m = crate::metrics::metrics();
     for r in &results {
         m.dnsbl_result(&r.zone, r.outcome.metric_result());
         let failed = match &r.outcome {
-            dnsbl::ZoneOutcome::Refused(code) => {
+            dnsbl::ZoneOutcome::Refused(_) => {
                 m.dnsbl_refusal(&r.zone);
-                Some(code.to_string())
+                true
             }
-            dnsbl::ZoneOutcome::Error(e) if e.is_temporary() => Some(e.to_string()),
-            _ => None,
+            dnsbl::ZoneOutcome::Error(e) => e.is_temporary(),
+            _ => false,
         };
-        if let Some(why) = failed {
-            if let Some(n) = UNREACHABLE.event(&r.zone) {
-                let effect = if r.tempfail_on_error {
-                    "may tempfail (temp_failure = \"tempfail\")"
-                } else {
-                    "ignored: counted as not listed"
-                };
-                tracing::warn!(
-                    zone = %r.zone,
-                    error = %why,
-                    failures = n,
-                    "DNS list gave no usable answer; {effect}"
-                );
+        if failed {
+            if let Some(w) = checks.unreachable.get(&r.zone) {
+                w.hit();
             }
         }
     }

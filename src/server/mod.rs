@@ -23,6 +23,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::checks::greylist::{purge_task, Greylister};
 use crate::config::{Config, OverflowAction};
+use crate::log_limit::WarnEvery;
 use crate::metrics::{self, metrics};
 use crate::policy::{self, Policy};
 use crate::protocol::negotiate::Negotiated;
@@ -30,7 +31,6 @@ use crate::session::{PolicySource, Session};
 use crate::store::GreylistStore;
 use connection::Limits;
 use listener::Listener;
-use overflow::WarnEvery;
 
 pub use limits::raise_nofile_limit;
 
