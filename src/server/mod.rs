@@ -91,9 +91,10 @@ impl Server {
     /// Binds every listener, serves until SIGTERM/SIGINT, then drains.
     pub async fn run(self) -> Result<(), String> {
         let signals = Signals::install()?;
-        // The greylist store first: a corrupt or unwritable file stops the start with its reason.
+        // The greylist store first: an unwritable file stops the start with its reason; an
+        // unreadable one is moved aside (greylisting starts afresh rather than mail stopping).
         let greylister = if uses_greylisting(&self.config) {
-            Some(Greylister::open(&self.config.greylist).await?)
+            Some(Greylister::open_for_daemon(&self.config.greylist).await?)
         } else {
             None
         };

@@ -46,8 +46,24 @@
 //! * `kill -9` loses at most the updates of the last `commit_interval` (plus the commit in
 //!   flight); redb's copy-on-write commits never leave the file unreadable.
 //!
-//! If a commit fails (disk full, I/O error) the batch goes back into the overlay (newer changes
-//! win) and is retried at the next interval; the error is logged and returned by `flush`.
+//! # Faults (docs/reliability-parts/store.md)
+//! * **A commit fails** (disk full, read-only or failing file system): the batch goes back into
+//!   the overlay (newer changes win) and is retried every `commit_interval`; the failure is
+//!   counted (`mxsentry_greylist_errors_total{backend="embedded"}`) and logged (the first one,
+//!   then once a minute, then the recovery). redb refuses every operation after an I/O error
+//!   until the database is reopened, so the committer closes the file and reopens it by path
+//!   (reads fail open meanwhile): once space or writability is back, the next commit writes
+//!   the overlay and the store works again without a restart. Closing also lets an admin
+//!   unmount and repair the file system under the running daemon.
+//! * **Memory stays bounded**: once `max_uncommitted` writes wait for the disk and the last
+//!   commit failed, updates are refused at once (the greylist step fails open) instead of
+//!   growing the overlay; while commits merely lag, updates wait for one (bounded by the
+//!   greylist deadline).
+//! * **A panic inside redb** (a damaged page can trip one of its assertions) is caught on every
+//!   thread that calls it and becomes an error, so no thread of the store dies.
+//! * **An unreadable file at start**: [`EmbeddedStore::open`] returns [`StoreError::Corrupt`]
+//!   when the *content* is bad and [`StoreError::Unavailable`] for operations problems (see
+//!   [`EmbeddedStore::open_or_move_aside`], which the daemon uses to start afresh).
 //!
 //! redb takes an exclusive lock on the file: a second process (e.g. `mxsentry greylist list`
 //! while the daemon runs) gets a clear "in use" error from [`EmbeddedStore::open`].
@@ -57,14 +73,12 @@ use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redb::{
-    Database, DatabaseError, Durability, ReadableTableMetadata, StorageError, TableDefinition,
-};
+use redb::{Database, Durability, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{oneshot, watch};
 
 use super::{Entry, GreylistStore, StoreError, UpdateFn, Write};
@@ -86,10 +100,38 @@ const PURGE_BATCH: usize = 1_000;
 /// Entries examined per purge read transaction.
 const PURGE_SCAN: usize = 20_000;
 
-/// Most writes not yet committed before writers wait for the commit (bounds the overlay's
-/// memory, ~150 bytes a write, when updates outpace the disk; the greylist deadline then
-/// fails the check open rather than letting memory grow).
-const MAX_UNCOMMITTED: u64 = 100_000;
+/// Default of [`Options::max_uncommitted`]: ~15 MB of overlay at ~150 bytes a write.
+pub const DEFAULT_MAX_UNCOMMITTED: u64 = 100_000;
+
+/// How long a reopen waits for the store's own readers to let go of the old database (its
+/// file lock is released when the last read transaction ends).
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a commit failure that goes on is logged again (every attempt is counted).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Settings of [`EmbeddedStore::open_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// How often pending updates are committed durably (`0`: before each update returns).
+    pub commit_interval: Duration,
+    /// redb's page cache in bytes (most of the store's memory).
+    pub cache_bytes: usize,
+    /// Most writes waiting for a commit (bounds the overlay's memory, ~150 bytes a write). At
+    /// the bound, updates wait for a commit while commits succeed (the greylist deadline then
+    /// fails the check open) and are refused at once while commits fail.
+    pub max_uncommitted: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            commit_interval: Duration::from_secs(1),
+            cache_bytes: CACHE_BYTES,
+            max_uncommitted: DEFAULT_MAX_UNCOMMITTED,
+        }
+    }
+}
 
 /// Entry layout version (first byte of a stored value).
 const FORMAT_V1: u8 = 1;
@@ -205,9 +247,23 @@ struct Control {
     purges: Vec<(u64, oneshot::Sender<Result<u64, StoreError>>)>,
 }
 
+/// A run of failed commits (committer thread only), for logging it without flooding the log.
+#[derive(Default)]
+struct Failures {
+    /// Failed attempts since the last successful commit.
+    attempts: u64,
+    /// When the first of them failed.
+    since: Option<Instant>,
+    /// When one was last logged.
+    logged: Option<Instant>,
+}
+
 struct Shared {
-    db: Database,
+    /// The open database; `None` after an I/O error until the committer has reopened it.
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    cache_bytes: usize,
+    max_uncommitted: u64,
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
     /// Writes so far (incremented under the shard lock that holds the write).
@@ -216,6 +272,7 @@ struct Shared {
     control: Mutex<Control>,
     wake: Condvar,
     state: watch::Sender<CommitState>,
+    failures: Mutex<Failures>,
 }
 
 /// Reader threads (file reads for sessions; more than one so a cold page cache's disk reads
@@ -267,25 +324,87 @@ fn io_err(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{}: {what}: {e}", path.display()))
 }
 
-/// Maps a redb open error to a message that names the file and says what to do.
-fn open_error(path: &Path, e: DatabaseError) -> StoreError {
+thread_local! {
+    /// Set while redb runs under [`catch_panic`]: its panics are reported as errors instead.
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// What the last caught panic said, and where.
+    static CAUGHT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Runs `f`, turning a panic into `Err(what it said, and where)`. redb panics on some damaged
+/// files instead of reporting them; the default panic message (with its backtrace note) would
+/// read like a crash in the journal right before the error the caller logs, so a panic hook
+/// keeps it quiet on this thread while `f` runs (other panics print as before).
+fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CATCHING.with(|c| c.get()) {
+                let what = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("unknown panic");
+                let at = info
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                CAUGHT.with(|c| *c.borrow_mut() = format!("{what}{at}"));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    let was = CATCHING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(was));
+    result.map_err(|_| CAUGHT.with(|c| std::mem::take(&mut *c.borrow_mut())))
+}
+
+/// Runs `f` (redb work), turning a panic into an error so that no store thread dies of it.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch_panic(f).unwrap_or_else(|what| {
+        Err(StoreError::Unavailable(format!(
+            "{}: the database library panicked: {what}",
+            path.display()
+        )))
+    })
+}
+
+/// The end of every message about a file whose content is bad.
+const CORRUPT_HINT: &str = "`mxsentry run` moves such a file aside and starts with an empty \
+     store (greylisting starts afresh)";
+
+/// Classifies an error met while opening the file. [`StoreError::Corrupt`]: the *content* is
+/// bad (not a redb file, damaged, truncated, a file format this version cannot read, a table
+/// of another type): moving the file aside and starting afresh fixes it. Everything else is
+/// [`StoreError::Unavailable`]: an operations problem (in use, not writable, disk full, I/O
+/// error) that a fresh file would not fix or would hide, so the daemon refuses to start.
+fn open_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    use std::io::ErrorKind;
     let p = path.display();
-    match e {
-        DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+    let corrupt = |why: String| {
+        StoreError::Corrupt(format!(
+            "{p}: not a greylist database or corrupt ({why}); {CORRUPT_HINT}"
+        ))
+    };
+    match e.into() {
+        redb::Error::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
             "{p}: in use by another process (is mxsentry already running with this file? \
              stop it first, or use the Redis store to administer a live greylist)"
         )),
-        DatabaseError::RepairAborted => {
+        redb::Error::RepairAborted => {
             StoreError::Unavailable(format!("{p}: repair of the database was aborted"))
         }
-        DatabaseError::UpgradeRequired(v) => StoreError::Corrupt(format!(
-            "{p}: written in redb file format {v}, which this version cannot open; \
-             move it away (greylisting starts afresh)"
+        redb::Error::UpgradeRequired(v) => StoreError::Corrupt(format!(
+            "{p}: written in redb file format {v}, which this version cannot open; {CORRUPT_HINT}"
         )),
-        DatabaseError::Storage(StorageError::Io(e))
+        redb::Error::Io(e)
             if matches!(
                 e.kind(),
-                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
             ) =>
         {
             StoreError::Unavailable(format!(
@@ -293,22 +412,18 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
                  the mxsentry user"
             ))
         }
-        DatabaseError::Storage(StorageError::Io(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-            ) =>
+        // redb's own checks of the header report these: a short or foreign file.
+        redb::Error::Io(e)
+            if matches!(e.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof) =>
         {
-            StoreError::Corrupt(format!(
-                "{p}: not a greylist database or corrupt ({e}); move it away (greylisting \
-                 starts afresh)"
-            ))
+            corrupt(e.to_string())
         }
-        DatabaseError::Storage(StorageError::Corrupted(m)) => StoreError::Corrupt(format!(
-            "{p}: not a greylist database or corrupt ({m}); move it away (greylisting starts \
-             afresh)"
-        )),
-        DatabaseError::Storage(e) => io_err(path, "cannot create or open", e),
+        redb::Error::Corrupted(m) => corrupt(m),
+        e @ (redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TypeDefinitionChanged { .. }) => {
+            corrupt(format!("not written by mxsentry: {e}"))
+        }
         e => io_err(path, "cannot create or open", e),
     }
 }
@@ -321,6 +436,92 @@ fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
     }
 }
 
+/// Opens (or creates) the database file and creates the table, which also proves the file
+/// writable now rather than at the first commit. A panic inside redb is a [`StoreError::Corrupt`]:
+/// redb only panics on content it did not expect (measured: a file truncated anywhere past
+/// its first 512 bytes trips an assertion instead of an error).
+///
+/// `at_start`: create the file if it is missing, and compact it if bloated. A reopen after a
+/// failure does neither: if the file is gone, the file system is probably not mounted (an
+/// admin repairing it) and creating a file in the bare mount point would split the store
+/// in two; it waits for the file to be back instead.
+fn open_database(path: &Path, cache_bytes: usize, at_start: bool) -> Result<Database, StoreError> {
+    let opened = catch_panic(|| {
+        let mut b = Database::builder();
+        b.set_cache_size(cache_bytes);
+        b.set_repair_callback(|_| {
+            tracing::warn!("greylist database was not closed cleanly: repairing");
+        });
+        let mut db = if at_start {
+            b.create(path)
+        } else {
+            b.open(path)
+        }
+        .map_err(|e| open_error(path, e))?;
+        if at_start {
+            compact_if_bloated(&mut db, path);
+        }
+        let mut tx = db.begin_write().map_err(|e| open_error(path, e))?;
+        tx.set_durability(Durability::Immediate);
+        tx.set_quick_repair(true);
+        tx.open_table(TABLE).map_err(|e| open_error(path, e))?;
+        tx.commit().map_err(|e| open_error(path, e))?;
+        Ok(db)
+    });
+    opened.unwrap_or_else(|what| {
+        Err(StoreError::Corrupt(format!(
+            "{}: not a greylist database or corrupt (the database library gave up: {what}); \
+             {CORRUPT_HINT}",
+            path.display(),
+        )))
+    })
+}
+
+/// `YYYYMMDDTHHMMSSZ` (UTC) for `unix` seconds.
+fn utc_stamp(unix: u64) -> String {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
+}
+
+/// A free name beside `path` for an unreadable file: `<path>.corrupt-<UTC time>` (then `-2`,
+/// `-3`, ... should that exist already).
+fn aside_path(path: &Path, unix: u64) -> PathBuf {
+    let base = format!("{}.corrupt-{}", path.display(), utc_stamp(unix));
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 2;
+    while candidate.symlink_metadata().is_ok() {
+        candidate = PathBuf::from(format!("{base}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// What [`EmbeddedStore::open_or_move_aside`] did with a file it could not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedAside {
+    /// The configured path (now a fresh, empty store).
+    pub path: PathBuf,
+    /// Where the unreadable file is now (its bytes untouched).
+    pub moved_to: PathBuf,
+    /// Why it could not be opened.
+    pub reason: String,
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the database at `path` and starts the committer thread. The parent
     /// directory must exist. Errors name the path and the reason: missing directory, not
@@ -330,7 +531,13 @@ impl EmbeddedStore {
     /// `commit_interval`: how often pending updates are committed durably (`0`: before each
     /// update returns).
     pub fn open(path: &Path, commit_interval: Duration) -> Result<EmbeddedStore, StoreError> {
-        Self::open_with_cache_size(path, commit_interval, CACHE_BYTES)
+        Self::open_with(
+            path,
+            Options {
+                commit_interval,
+                ..Options::default()
+            },
+        )
     }
 
     /// [`EmbeddedStore::open`] with another page cache size than the default 32 MiB (bytes;
@@ -340,6 +547,71 @@ impl EmbeddedStore {
         commit_interval: Duration,
         cache_bytes: usize,
     ) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with(
+            path,
+            Options {
+                commit_interval,
+                cache_bytes,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// For the daemon's start: [`EmbeddedStore::open_with`], but a file whose content is bad
+    /// ([`StoreError::Corrupt`]) is renamed to `<path>.corrupt-<UTC time>` and a fresh store is
+    /// created in its place. Greylist state is a cache of delays, not mail: a daemon that
+    /// refused to start over it would make the MTA refuse all mail (`milter_default_action =
+    /// tempfail`). Operations problems ([`StoreError::Unavailable`]: in use, not writable,
+    /// missing directory, disk full, I/O error) are returned as they are: renaming would not
+    /// fix them. The admin commands use [`EmbeddedStore::open`], which never renames.
+    pub fn open_or_move_aside(
+        path: &Path,
+        options: Options,
+    ) -> Result<(EmbeddedStore, Option<MovedAside>), StoreError> {
+        let reason = match Self::open_with(path, options) {
+            Err(StoreError::Corrupt(reason)) => reason,
+            other => return other.map(|s| (s, None)),
+        };
+        // The hint is for the admin commands; the daemon's log says what it did instead.
+        let reason = reason
+            .strip_suffix(CORRUPT_HINT)
+            .map_or(reason.as_str(), |r| r.trim_end_matches("; "))
+            .to_owned();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let moved_to = aside_path(path, now);
+        std::fs::rename(path, &moved_to).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "{reason}; and it cannot be moved aside to {}: {e}",
+                moved_to.display()
+            ))
+        })?;
+        // The rename must outlive a crash, or the next start would meet the bad file again
+        // (harmless, but confusing): sync the directory. A failure here costs nothing else.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let store = Self::open_with(path, options).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "{e} (after moving the unreadable file aside to {})",
+                moved_to.display()
+            ))
+        })?;
+        Ok((
+            store,
+            Some(MovedAside {
+                path: path.to_path_buf(),
+                moved_to,
+                reason,
+            }),
+        ))
+    }
+
+    /// Opens (or creates) the database at `path` with `options`; see [`EmbeddedStore::open`].
+    pub fn open_with(path: &Path, options: Options) -> Result<EmbeddedStore, StoreError> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -351,52 +623,39 @@ impl EmbeddedStore {
                 dir.display()
             )));
         }
-        if path.is_dir() {
-            return Err(StoreError::Unavailable(format!(
-                "{}: is a directory, not a database file",
-                path.display()
-            )));
-        }
-        // redb reports bad files as errors; a panic on some unforeseen byte pattern must not
-        // take the daemon down with a backtrace instead of a message either.
-        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut b = Database::builder();
-            b.set_cache_size(cache_bytes);
-            b.set_repair_callback(|_| {
-                tracing::warn!("greylist database was not closed cleanly: repairing");
-            });
-            b.create(path)
-        }));
-        let mut db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(open_error(path, e)),
-            Err(_) => {
-                return Err(StoreError::Corrupt(format!(
-                    "{}: not a greylist database or corrupt (the database library gave up); \
-                     move it away (greylisting starts afresh)",
+        match path.metadata() {
+            Ok(m) if m.is_dir() => {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: is a directory, not a database file",
                     path.display()
                 )))
             }
-        };
-        compact_if_bloated(&mut db, path);
-        // Create the table (and prove the file is writable) now, not at the first commit.
-        let mut tx = db.begin_write().map_err(|e| db_err(path, e))?;
-        tx.set_durability(Durability::Immediate);
-        tx.set_quick_repair(true);
-        tx.open_table(TABLE).map_err(|e| db_err(path, e))?;
-        tx.commit().map_err(|e| db_err(path, e))?;
+            // A FIFO, socket or device is a mistake in the configuration, not a damaged
+            // store: never move it aside.
+            Ok(m) if !m.is_file() => {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: not a regular file",
+                    path.display()
+                )))
+            }
+            _ => {}
+        }
+        let db = open_database(path, options.cache_bytes, true)?;
 
         let (state, _) = watch::channel(CommitState::default());
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
             path: path.to_path_buf(),
+            cache_bytes: options.cache_bytes,
+            max_uncommitted: options.max_uncommitted.max(1),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
             seq: AtomicU64::new(0),
-            commit_interval,
+            commit_interval: options.commit_interval,
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
             state,
+            failures: Mutex::new(Failures::default()),
         });
         let s = shared.clone();
         let committer = std::thread::Builder::new()
@@ -451,12 +710,14 @@ impl EmbeddedStore {
     /// copy-on-write pages leave the file up to ~4x the size of the live entries after heavy
     /// churn; this rewrites it compactly. For an admin command (`mxsentry greylist compact`).
     pub fn compact(path: &Path) -> Result<bool, StoreError> {
-        let mut db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .open(path)
-            .map_err(|e| open_error(path, e))?;
-        db.compact()
-            .map_err(|e| io_err(path, "compaction failed", e))
+        guarded(path, || {
+            let mut db = Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .open(path)
+                .map_err(|e| open_error(path, e))?;
+            db.compact()
+                .map_err(|e| io_err(path, "compaction failed", e))
+        })
     }
 
     /// The database file.
@@ -515,6 +776,37 @@ impl EmbeddedStore {
         }
     }
 
+    /// Bounds the overlay: below `max_uncommitted` writes waiting for the disk, at once; at
+    /// the bound, waits for a commit while commits succeed (the disk is only slow; the
+    /// greylist deadline bounds the wait), and refuses at once while they fail (the disk is
+    /// full or read-only: waiting would only make every session slow).
+    async fn admit_write(&self) -> Result<(), StoreError> {
+        let shared = &*self.shared;
+        let mut rx = shared.state.subscribe();
+        loop {
+            let (durable, error) = {
+                let st = rx.borrow_and_update();
+                (st.durable, st.error.clone())
+            };
+            let waiting = shared.seq.load(Ordering::SeqCst).saturating_sub(durable);
+            if waiting < shared.max_uncommitted {
+                return Ok(());
+            }
+            if let Some(error) = error {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: {waiting} writes wait for a commit and commits fail ({error}); \
+                     not recording more until one succeeds",
+                    shared.path.display()
+                )));
+            }
+            lock(&shared.control).flush = true;
+            shared.wake.notify_all();
+            rx.changed()
+                .await
+                .map_err(|_| StoreError::Unavailable("greylist committer stopped".into()))?;
+        }
+    }
+
     /// Reads `key` (overlay, else redb) and runs `apply` on the shard with the current value,
     /// atomically with respect to every other overlay change of the key.
     async fn read_then_apply<R>(
@@ -549,6 +841,54 @@ impl EmbeddedStore {
 impl Shared {
     fn shard(&self, key: &str) -> &Mutex<Shard> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// The open database, or an error while it is closed after an I/O error.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "{}: closed after a failed commit, reopening every commit interval",
+                    self.path.display()
+                ))
+            })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+
+    /// Closes the database (redb refuses every operation after an I/O error until it is
+    /// reopened). Closing releases the file: an admin can then unmount and repair its file
+    /// system while the daemon runs.
+    fn close(&self) {
+        let old = self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        drop(old);
+    }
+
+    /// Opens the file again by path (committer thread only). The store's own readers may hold
+    /// the old database for the rest of a batch: its file lock goes with the last of them.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        loop {
+            match open_database(&self.path, self.cache_bytes, false) {
+                Ok(db) => {
+                    *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+                    tracing::debug!(path = %self.path.display(), "greylist database reopened");
+                    return Ok(());
+                }
+                Err(StoreError::Unavailable(m))
+                    if m.contains("in use by another process")
+                        && started.elapsed() < REOPEN_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads `key` from the file. `lenient`: an undecodable value counts as absent (it is
@@ -595,6 +935,7 @@ impl Shared {
     fn commit(&self) {
         let upto = self.seq.load(Ordering::SeqCst);
         if upto <= self.state.borrow().durable {
+            self.reopen_if_closed();
             return;
         }
         let mut batches: Vec<(usize, Arc<Overlay>)> = Vec::new();
@@ -610,6 +951,8 @@ impl Shared {
         let count: usize = batches.iter().map(|(_, b)| b.len()).sum();
         let result = if batches.is_empty() {
             Ok(())
+        } else if self.is_closed() {
+            self.reopen().and_then(|()| self.write_batches(&batches))
         } else {
             self.write_batches(&batches)
         };
@@ -631,17 +974,65 @@ impl Shared {
                     ms = started.elapsed().as_secs_f64() * 1e3,
                     "greylist commit"
                 );
+                let mut f = lock(&self.failures);
+                if f.attempts > 0 {
+                    tracing::info!(
+                        path = %self.path.display(),
+                        failed_attempts = f.attempts,
+                        secs = f.since.map_or(0, |t| t.elapsed().as_secs()),
+                        entries = count,
+                        "greylist commits succeed again"
+                    );
+                    *f = Failures::default();
+                }
+                drop(f);
                 self.state.send_modify(|st| {
                     st.durable = st.durable.max(upto);
                     st.error = None;
                 });
             }
             Err(e) => {
-                tracing::error!(error = %e, entries = count, "greylist commit failed; will retry");
+                self.commit_failed(&e, count);
                 self.state.send_modify(|st| {
                     st.failed = st.failed.max(upto);
                     st.error = Some(e.to_string());
                 });
+            }
+        }
+    }
+
+    /// Counts and logs a failed commit (the first of a run, then once a minute), and closes
+    /// the database so that the next attempt starts from a fresh open.
+    fn commit_failed(&self, e: &StoreError, entries: usize) {
+        crate::metrics::metrics().greylist_error("embedded");
+        let mut f = lock(&self.failures);
+        f.attempts += 1;
+        let now = Instant::now();
+        f.since.get_or_insert(now);
+        if f.logged
+            .is_none_or(|t| now.duration_since(t) >= FAILURE_LOG_EVERY)
+        {
+            f.logged = Some(now);
+            tracing::error!(
+                path = %self.path.display(),
+                error = %e,
+                entries,
+                failed_attempts = f.attempts,
+                "greylist commit failed; changes stay in memory and the commit is retried every \
+                 commit interval"
+            );
+        }
+        drop(f);
+        self.close();
+    }
+
+    /// Reopens a database closed by a failed commit when there is nothing to commit (reads
+    /// need it too). Committer thread only.
+    fn reopen_if_closed(&self) {
+        if self.is_closed() {
+            // A success is logged with the next successful commit.
+            if let Err(e) = self.reopen() {
+                self.commit_failed(&e, 0);
             }
         }
     }
@@ -653,8 +1044,17 @@ impl Shared {
             .collect();
         // Key order: each leaf page is copied once and the tree is walked sequentially.
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let db = self.db()?;
+        guarded(&self.path, || self.write_sorted(&db, all))
+    }
+
+    fn write_sorted(
+        &self,
+        db: &Database,
+        all: Vec<(&str, &Option<Entry>)>,
+    ) -> Result<(), StoreError> {
         let e = |e| db_err(&self.path, e);
-        let mut tx = self.db.begin_write().map_err(e)?;
+        let mut tx = db.begin_write().map_err(e)?;
         tx.set_durability(Durability::Immediate);
         tx.set_quick_repair(true);
         {
@@ -687,7 +1087,8 @@ impl Shared {
                 .collect();
             let last_batch = next.is_none();
             if !doomed.is_empty() || last_batch {
-                let mut tx = self.db.begin_write().map_err(|e| db_err(&self.path, e))?;
+                let db = self.db()?;
+                let mut tx = db.begin_write().map_err(|e| db_err(&self.path, e))?;
                 if last_batch {
                     // Makes this and the earlier non-durable purge batches durable.
                     tx.set_durability(Durability::Immediate);
@@ -731,7 +1132,7 @@ impl Shared {
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         use std::ops::Bound;
         let e = |e| db_err(&self.path, e);
-        let tx = self.db.begin_read().map_err(e)?;
+        let tx = self.db()?.begin_read().map_err(e)?;
         let table = tx.open_table(TABLE).map_err(|x| db_err(&self.path, x))?;
         let lower = match cursor {
             Some(c) => Bound::Excluded(c),
@@ -768,18 +1169,22 @@ fn reader(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Read
                 Err(_) => break,
             }
         }
-        let table = shared
-            .db
-            .begin_read()
-            .map_err(|e| db_err(&shared.path, e))
-            .and_then(|tx| tx.open_table(TABLE).map_err(|e| db_err(&shared.path, e)));
+        let path = &shared.path;
+        let table = shared.db().and_then(|db| {
+            guarded(path, || {
+                let tx = db.begin_read().map_err(|e| db_err(path, e))?;
+                tx.open_table(TABLE).map_err(|e| db_err(path, e))
+            })
+        });
         for req in batch.drain(..) {
             let result = match &table {
-                Ok(t) => shared.read_table(t, &req.key, req.lenient),
+                Ok(t) => guarded(path, || shared.read_table(t, &req.key, req.lenient)),
                 Err(e) => Err(e.clone()),
             };
             let _ = req.reply.send(result);
         }
+        // Let go of the database before waiting: a reopen waits for its file lock.
+        drop(table);
     }
 }
 
@@ -795,7 +1200,19 @@ fn committer(shared: Arc<Shared>) {
                     break;
                 }
                 if interval.is_zero() {
-                    c = shared.wake.wait(c).unwrap_or_else(|p| p.into_inner());
+                    if !shared.is_closed() {
+                        c = shared.wake.wait(c).unwrap_or_else(|p| p.into_inner());
+                        continue;
+                    }
+                    // Closed after a failed commit: try to reopen once a second.
+                    let (guard, waited) = shared
+                        .wake
+                        .wait_timeout(c, Duration::from_secs(1))
+                        .unwrap_or_else(|p| p.into_inner());
+                    c = guard;
+                    if waited.timed_out() {
+                        break;
+                    }
                     continue;
                 }
                 let due = last_commit + interval;
@@ -820,7 +1237,7 @@ fn committer(shared: Arc<Shared>) {
             last_commit = Instant::now();
         }
         for (now, reply) in purges {
-            let r = shared.purge(now, &mut last_commit);
+            let r = guarded(&shared.path, || shared.purge(now, &mut last_commit));
             let _ = reply.send(r);
         }
         if shutdown {
@@ -844,6 +1261,7 @@ impl GreylistStore for EmbeddedStore {
     }
 
     async fn update(&self, key: &str, f: &UpdateFn<'_>) -> Result<Option<Entry>, StoreError> {
+        self.admit_write().await?;
         let (old, seq) = self
             .read_then_apply(key, |shared, s, old| {
                 let seq = match f(old) {
@@ -857,8 +1275,6 @@ impl GreylistStore for EmbeddedStore {
         if let Some(seq) = seq {
             if self.shared.commit_interval.is_zero() {
                 self.wait_durable(seq).await?;
-            } else if seq > self.shared.state.borrow().durable + MAX_UNCOMMITTED {
-                self.wait_durable(seq - MAX_UNCOMMITTED).await?;
             }
         }
         Ok(old)
@@ -894,7 +1310,7 @@ impl GreylistStore for EmbeddedStore {
                     }
                 }
             }
-            let tx = s.db.begin_read().map_err(|e| db_err(&s.path, e))?;
+            let tx = s.db()?.begin_read().map_err(|e| db_err(&s.path, e))?;
             let table = tx.open_table(TABLE).map_err(|e| db_err(&s.path, e))?;
             let mut out: std::collections::BTreeMap<String, Entry> = Default::default();
             for item in table
@@ -941,7 +1357,7 @@ impl GreylistStore for EmbeddedStore {
     async fn len(&self) -> Result<u64, StoreError> {
         let s = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let tx = s.db.begin_read().map_err(|e| db_err(&s.path, e))?;
+            let tx = s.db()?.begin_read().map_err(|e| db_err(&s.path, e))?;
             let table = tx.open_table(TABLE).map_err(|e| db_err(&s.path, e))?;
             table.len().map_err(|e| db_err(&s.path, e))
         })
