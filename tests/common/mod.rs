@@ -70,6 +70,16 @@ impl Daemon {
 
     /// Starts the daemon with its own loopback DNS server serving `zone`.
     pub fn start_with_zone(access: &str, extra: &str, zone: &str) -> Daemon {
+        Daemon::launch(access, extra, zone, None)
+    }
+
+    /// Starts the daemon with its embedded greylist store at `greylist_path` (e.g. on a file
+    /// system a fault test controls) instead of in its own directory.
+    pub fn start_with_store_at(extra: &str, greylist_path: &Path) -> Daemon {
+        Daemon::launch("", extra, TEST_ZONE, Some(greylist_path))
+    }
+
+    fn launch(access: &str, extra: &str, zone: &str, greylist_path: Option<&Path>) -> Daemon {
         let dns = mxsentry::testing::dns_server::TestDnsServer::start_in_thread(zone).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -89,10 +99,9 @@ impl Daemon {
             )
         };
         // ... and so may [greylist]: its store file goes into the test's directory.
-        let db = format!(
-            "[greylist]\npath = \"{}\"\n",
-            dir.path().join("greylist.db").display()
-        );
+        let db_path =
+            greylist_path.map_or_else(|| dir.path().join("greylist.db"), Path::to_path_buf);
+        let db = format!("[greylist]\npath = \"{}\"\n", db_path.display());
         let (extra, greylist_section) = if extra.contains("[greylist]\n") {
             (extra.replace("[greylist]\n", &db), String::new())
         } else {
@@ -108,7 +117,7 @@ impl Daemon {
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("mxsentry.log");
         let child = spawn_daemon(&config_path, &log_path);
-        let d = Daemon {
+        let mut d = Daemon {
             dns,
             metrics_port,
             child,
@@ -122,9 +131,15 @@ impl Daemon {
         d
     }
 
-    fn wait_listening(&self) {
+    fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "daemon exited with {status} instead of listening: {}",
+                    self.log()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "daemon did not listen: {}",
@@ -198,6 +213,35 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `kill -9`: no flush, no cleanup. Start it again with [`Daemon::restart_stopped`].
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The value of one series of `/metrics`, written as it appears there
+    /// (`mxsentry_greylist_errors_total{backend="embedded"}`); None when absent.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics");
+        body.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The daemon's resident memory in KiB (VmRSS of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -458,6 +502,97 @@ impl Client {
             }
         }
     }
+}
+
+impl Client {
+    /// Like [`Client::send`], but a connection failure is `None` instead of a panic.
+    fn try_send(&mut self, cmd: &Command) -> Option<()> {
+        let mut buf = BytesMut::new();
+        encode_command(cmd, &mut buf);
+        self.stream.write_all(&buf).ok()
+    }
+
+    /// Like [`Client::stage`] without panicking: `None` when the connection failed,
+    /// `Some(None)` when the stage gets no reply.
+    fn try_stage(&mut self, cmd: Command, skip_flag: u32, nr_flag: u32) -> Option<Option<Reply>> {
+        if self.protocol & skip_flag != 0 {
+            return Some(None);
+        }
+        self.try_send(&cmd)?;
+        if self.wants_reply(nr_flag) {
+            Some(Some(self.recv()?))
+        } else {
+            Some(None)
+        }
+    }
+}
+
+/// One session from 192.0.2.10 (client.example) up to the RCPT reply, then QUIT, for fault
+/// tests: `None` when the daemon is gone or the connection fails (never a panic, so load
+/// threads survive a `kill -9`). Each call is a fresh connection, as Postfix makes per session.
+pub fn try_rcpt(port: u16, from: &str, rcpt: &str) -> Option<Reply> {
+    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    // Frames without a reply (macros) are followed at once by the next: without this, Nagle
+    // and the peer's delayed ACK would add ~40 ms to a session.
+    s.set_nodelay(true).ok()?;
+    let mut c = Client::over(Box::new(s));
+    c.try_send(&Command::OptNeg {
+        version: 6,
+        actions: 0x1ff,
+        protocol: 0x001f_ffff,
+    })?;
+    let Reply::OptNeg {
+        protocol, actions, ..
+    } = c.recv()?
+    else {
+        return None;
+    };
+    c.protocol = protocol;
+    c.actions = actions;
+    let mut pairs = Vec::new();
+    for (k, v) in [("j", "mx.example.org"), ("{daemon_name}", "test")] {
+        pairs.extend_from_slice(k.as_bytes());
+        pairs.push(0);
+        pairs.extend_from_slice(v.as_bytes());
+        pairs.push(0);
+    }
+    c.try_send(&Command::Macro {
+        stage: b'C',
+        pairs: MacroPairs::from_wire(Bytes::from(pairs))?,
+    })?;
+    let ip: IpAddr = "192.0.2.10".parse().ok()?;
+    c.try_stage(
+        Command::Connect {
+            hostname: Bytes::from_static(b"client.example"),
+            address: ClientAddress::Inet { ip, port: 40000 },
+        },
+        flags::SMFIP_NOCONNECT,
+        flags::SMFIP_NR_CONN,
+    )?;
+    c.try_stage(
+        Command::Helo {
+            name: Bytes::from_static(b"helo.example"),
+        },
+        flags::SMFIP_NOHELO,
+        flags::SMFIP_NR_HELO,
+    )?;
+    c.try_stage(
+        Command::Mail {
+            args: NulStrings::from_items(&[format!("<{from}>").as_bytes()]),
+        },
+        flags::SMFIP_NOMAIL,
+        flags::SMFIP_NR_MAIL,
+    )?;
+    let reply = c.try_stage(
+        Command::Rcpt {
+            args: NulStrings::from_items(&[format!("<{rcpt}>").as_bytes()]),
+        },
+        flags::SMFIP_NORCPT,
+        flags::SMFIP_NR_RCPT,
+    )??;
+    let _ = c.try_send(&Command::Quit);
+    Some(reply)
 }
 
 /// The reply text of a REPLYCODE, for assertions.
