@@ -22,37 +22,18 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{reply_text, try_rcpt, Daemon};
-use mxsentry::protocol::reply::Reply;
+use common::load::{assert_450_or_accept, greylisted, judge, rand_u64, wait_for, Load};
+use common::{try_rcpt, Daemon};
 
 /// Greylisting for everyone, a delay no test waits out, no client autowhitelisting (every
 /// new sender is a new triplet).
 const GREYLIST: &str = "[greylist]\nenabled = true\ndelay = \"1h\"\nretry_window = \"2d\"\n\
     autowhite = \"1d\"\nclient_autowhite_after = 0\n";
 
-/// A hang guard for one RCPT reply, not a speed assertion (the greylist deadline is 1 s).
-const PROMPT: Duration = Duration::from_secs(5);
-
 const ERRORS: &str = "mxsentry_greylist_errors_total{backend=\"embedded\"}";
 const RECOVERIES: &str = "mxsentry_greylist_store_recoveries_total";
-
-fn greylisted(r: &Reply) -> bool {
-    reply_text(r).starts_with("450 4.7.1 Greylisted")
-}
-
-/// What a session got: 450 from greylisting or continue (accepted, greylisting failed open).
-/// Anything else (a 5xx, another 4xx, no reply) fails the test.
-fn assert_450_or_accept(r: &Option<Reply>, what: &str) {
-    match r {
-        Some(Reply::Continue) => {}
-        Some(r) if greylisted(r) => {}
-        other => panic!("{what}: {other:?} (expected 450 Greylisted or continue)"),
-    }
-}
 
 fn run(cmd: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(cmd)
@@ -135,16 +116,6 @@ fn moved_aside(path: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found
-}
-
-/// Polls `f` every 100 ms until it is true; panics with `what` after `limit`.
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    started.elapsed()
 }
 
 #[test]
@@ -311,128 +282,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// One load session.
-#[derive(Clone)]
-struct Session {
-    sender: String,
-    /// The RCPT reply; None when the connection failed (the daemon killed).
-    reply: Option<Reply>,
-    /// When the reply came.
-    at: Instant,
-    /// How long the whole session took.
-    took: Duration,
-}
-
-impl Session {
-    fn greylisted(&self) -> bool {
-        self.reply.as_ref().is_some_and(greylisted)
-    }
-}
-
-/// Milter clients creating new triplets as fast as the daemon answers, each session timed.
-struct Load {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    results: Arc<Mutex<Vec<Session>>>,
-}
-
-impl Load {
-    fn start(port: u16, clients: usize, tag: &str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let results = Arc::new(Mutex::new(Vec::new()));
-        let counter = Arc::new(AtomicU64::new(0));
-        let threads = (0..clients)
-            .map(|t| {
-                let (stop, results, counter) = (stop.clone(), results.clone(), counter.clone());
-                let tag = tag.to_owned();
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let n = counter.fetch_add(1, Ordering::Relaxed);
-                        let sender =
-                            format!("{tag}-{}-{}@sender.example", letters(t as u64), letters(n));
-                        let started = Instant::now();
-                        let r = try_rcpt(port, &sender, "u@example.org");
-                        let took = started.elapsed();
-                        let failed = r.is_none();
-                        lock(&results).push(Session {
-                            sender,
-                            reply: r,
-                            at: Instant::now(),
-                            took,
-                        });
-                        if failed {
-                            // The daemon is gone (kill -9): do not spin.
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            threads,
-            results,
-        }
-    }
-
-    fn count(&self) -> usize {
-        lock(&self.results).len()
-    }
-
-    fn finish(self) -> Vec<Session> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        std::mem::take(&mut *lock(&self.results))
-    }
-}
-
-/// `n` in letters (`a`, `b`, ... `ba`): greylisting masks digit runs in sender addresses
-/// (they change from message to message), so numbered senders would all be one triplet.
-fn letters(mut n: u64) -> String {
-    let mut out = Vec::new();
-    loop {
-        out.push(b'a' + (n % 26) as u8);
-        n /= 26;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Checks a fault window: every session answered (450 or accept, never 5xx) within
-/// [`PROMPT`]; returns (sessions, greylisted, accepted, slowest) and prints them.
-fn judge(what: &str, results: &[Session]) -> Duration {
-    let mut slowest = Duration::ZERO;
-    let (mut grey, mut accepted) = (0, 0);
-    let mut times: Vec<Duration> = Vec::new();
-    for s in results {
-        assert_450_or_accept(&s.reply, &format!("{what}: {}", s.sender));
-        assert!(s.took < PROMPT, "{what}: {} took {:?}", s.sender, s.took);
-        slowest = slowest.max(s.took);
-        times.push(s.took);
-        if s.greylisted() {
-            grey += 1;
-        } else {
-            accepted += 1;
-        }
-    }
-    times.sort();
-    let p50 = times.get(times.len() / 2).copied().unwrap_or_default();
-    eprintln!(
-        "{what}: {} sessions, {grey} greylisted, {accepted} accepted (fail open); session time p50 {p50:?}, max {slowest:?}",
-        results.len()
-    );
-    slowest
-}
-
 /// Runs the daemon on a store at `store`, applies `fault` under load, checks what sessions got
 /// and that the failure is counted and logged, then `repair`s and checks the recovery without
 /// a restart. Returns the daemon (stopped) for more checks.
@@ -537,18 +386,6 @@ fn fault_under_load(
     assert_eq!(missing, 0, "acknowledged triplets lost");
     assert!(moved_aside(store).is_empty());
     d
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    h.finish()
 }
 
 #[test]

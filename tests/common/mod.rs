@@ -2,6 +2,7 @@
 //! small blocking milter client that plays the MTA side as Postfix does.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod redis_server;
 
 use std::io::{Read, Write};
@@ -531,6 +532,12 @@ impl Client {
 /// tests: `None` when the daemon is gone or the connection fails (never a panic, so load
 /// threads survive a `kill -9`). Each call is a fresh connection, as Postfix makes per session.
 pub fn try_rcpt(port: u16, from: &str, rcpt: &str) -> Option<Reply> {
+    try_rcpt_timed(port, from, rcpt).map(|(r, _)| r)
+}
+
+/// [`try_rcpt`] with the time from sending RCPT to its reply (how long the MTA waits for
+/// the verdict).
+pub fn try_rcpt_timed(port: u16, from: &str, rcpt: &str) -> Option<(Reply, Duration)> {
     let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
     // Frames without a reply (macros) are followed at once by the next: without this, Nagle
@@ -584,6 +591,7 @@ pub fn try_rcpt(port: u16, from: &str, rcpt: &str) -> Option<Reply> {
         flags::SMFIP_NOMAIL,
         flags::SMFIP_NR_MAIL,
     )?;
+    let sent = Instant::now();
     let reply = c.try_stage(
         Command::Rcpt {
             args: NulStrings::from_items(&[format!("<{rcpt}>").as_bytes()]),
@@ -591,8 +599,9 @@ pub fn try_rcpt(port: u16, from: &str, rcpt: &str) -> Option<Reply> {
         flags::SMFIP_NORCPT,
         flags::SMFIP_NR_RCPT,
     )??;
+    let waited = sent.elapsed();
     let _ = c.try_send(&Command::Quit);
-    Some(reply)
+    Some((reply, waited))
 }
 
 /// The reply text of a REPLYCODE, for assertions.
