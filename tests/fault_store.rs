@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::load::{assert_450_or_accept, greylisted, judge, rand_u64, wait_for, Load};
 use common::{try_rcpt, Daemon};
+use mxsentry::protocol::reply::Reply;
 
 /// Greylisting for everyone, a delay no test waits out, no client autowhitelisting (every
 /// new sender is a new triplet).
@@ -401,6 +402,56 @@ fn disk_full_under_load_fails_open_and_recovers_without_restart() {
         },
         || fs.free(),
     );
+}
+
+#[test]
+fn disk_full_at_start_starts_failing_open_and_recovers() {
+    let fs = Tmpfs::mount("16m");
+    let store = fs.path().join("greylist.db");
+    let mut d = Daemon::start_with_store_at(GREYLIST, &store);
+    assert!(
+        try_rcpt(d.port, "before@sender.example", "u@example.org").is_some_and(|r| greylisted(&r))
+    );
+    stop(&mut d);
+    // An existing store, then a new install: both on a full disk.
+    for (what, remove) in [("existing file", false), ("no file yet", true)] {
+        if remove {
+            std::fs::remove_file(&store).unwrap();
+        }
+        fs.fill();
+        let started = Instant::now();
+        d.restart_stopped();
+        eprintln!(
+            "disk full at start ({what}): listening after {:?}",
+            started.elapsed()
+        );
+        d.wait_log("greylist store cannot be opened now: starting without it");
+        let window: Vec<Option<Reply>> = (0..20)
+            .map(|i| try_rcpt(d.port, &format!("full-{i}@sender.example"), "u@example.org"))
+            .collect();
+        for r in &window {
+            assert_eq!(r, &Some(Reply::Continue), "{what}: fail open");
+        }
+        assert!(d.metric(ERRORS).unwrap_or(0.0) > 0.0, "{what}");
+        fs.free();
+        let back = wait_for(
+            "greylisting after space returned",
+            Duration::from_secs(20),
+            || {
+                try_rcpt(
+                    d.port,
+                    &format!("back-{}@sender.example", rand_u64()),
+                    "u@example.org",
+                )
+                .is_some_and(|r| greylisted(&r))
+            },
+        );
+        eprintln!("disk full at start ({what}): greylisting back {back:?} after space returned");
+        stop(&mut d);
+        let stored = stored_senders(&d.config_path);
+        assert_eq!(stored.contains("before@sender.example"), !remove, "{what}");
+        assert!(moved_aside(&store).is_empty(), "{what}");
+    }
 }
 
 /// ext4 on a loop device (`errors=remount-ro`), unmounted and its image removed on drop.

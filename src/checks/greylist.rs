@@ -338,18 +338,23 @@ impl Greylister {
         Self::open_with(cfg, false).await
     }
 
-    /// [`Greylister::open`] for the daemon's start: an embedded file whose content is bad
-    /// (corrupt, truncated, not a redb file, a format this version cannot read) is moved aside
-    /// to `<path>.corrupt-<UTC time>` and the daemon starts with an empty store, logging an
-    /// error and counting `mxsentry_greylist_store_recoveries_total`. A daemon that refused to
-    /// start would make the MTA refuse all mail; greylist entries are only a cache of delays.
-    /// Operations problems (in use, not writable, no directory) still fail with their reason.
+    /// [`Greylister::open`] for the daemon's start ([`EmbeddedStore::open_for_daemon`]): an
+    /// embedded file whose content is bad (corrupt, truncated, not a redb file, a format this
+    /// version cannot read) is moved aside to `<path>.corrupt-<UTC time>` and the daemon starts
+    /// with an empty store, logging an error and counting
+    /// `mxsentry_greylist_store_recoveries_total`; a file that cannot be opened now (disk full,
+    /// I/O error) leaves the store closed and retried while greylisting fails open. A daemon
+    /// that refused to start would make the MTA refuse all mail; greylist entries are only a
+    /// cache of delays. Operations problems (in use, not writable, no directory) still fail
+    /// with their reason.
+    ///
+    /// [`EmbeddedStore::open_for_daemon`]: crate::store::embedded::EmbeddedStore::open_for_daemon
     pub async fn open_for_daemon(cfg: &GreylistConfig) -> Result<Greylister, String> {
         Self::open_with(cfg, true).await
     }
 
-    async fn open_with(cfg: &GreylistConfig, move_aside: bool) -> Result<Greylister, String> {
-        use crate::store::embedded::{EmbeddedStore, Options};
+    async fn open_with(cfg: &GreylistConfig, daemon: bool) -> Result<Greylister, String> {
+        use crate::store::embedded::{EmbeddedStore, Opened, Options};
         let store: Arc<dyn GreylistStore> = match cfg.store {
             StoreKind::Embedded => {
                 let path = cfg.path.clone();
@@ -358,24 +363,36 @@ impl Greylister {
                     max_uncommitted: cfg.max_uncommitted,
                     ..Options::default()
                 };
-                let (store, moved) = tokio::task::spawn_blocking(move || {
-                    if move_aside {
-                        EmbeddedStore::open_or_move_aside(&path, options)
+                let (store, opened) = tokio::task::spawn_blocking(move || {
+                    if daemon {
+                        EmbeddedStore::open_for_daemon(&path, options)
                     } else {
-                        EmbeddedStore::open_with(&path, options).map(|s| (s, None))
+                        EmbeddedStore::open_with(&path, options).map(|s| (s, Opened::Fine))
                     }
                 })
                 .await
                 .map_err(|e| format!("greylist store: {e}"))?
                 .map_err(|e| format!("greylist store: {e}"))?;
-                if let Some(m) = moved {
-                    crate::metrics::metrics().greylist_store_recovered();
-                    tracing::error!(
-                        path = %m.path.display(),
-                        moved_to = %m.moved_to.display(),
-                        reason = %m.reason,
-                        "greylist store unreadable: moved aside, starting with an empty store"
-                    );
+                match opened {
+                    Opened::Fine => {}
+                    Opened::MovedAside(m) => {
+                        crate::metrics::metrics().greylist_store_recovered();
+                        tracing::error!(
+                            path = %m.path.display(),
+                            moved_to = %m.moved_to.display(),
+                            reason = %m.reason,
+                            "greylist store unreadable: moved aside, starting with an empty store"
+                        );
+                    }
+                    Opened::Closed { reason } => {
+                        crate::metrics::metrics().greylist_error("embedded");
+                        tracing::error!(
+                            path = %cfg.path.display(),
+                            reason = %reason,
+                            "greylist store cannot be opened now: starting without it \
+                             (greylisting fails open) and retrying every commit interval"
+                        );
+                    }
                 }
                 Arc::new(store)
             }

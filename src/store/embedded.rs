@@ -61,9 +61,11 @@
 //!   greylist deadline).
 //! * **A panic inside redb** (a damaged page can trip one of its assertions) is caught on every
 //!   thread that calls it and becomes an error, so no thread of the store dies.
-//! * **An unreadable file at start**: [`EmbeddedStore::open`] returns [`StoreError::Corrupt`]
-//!   when the *content* is bad and [`StoreError::Unavailable`] for operations problems (see
-//!   [`EmbeddedStore::open_or_move_aside`], which the daemon uses to start afresh).
+//! * **At start** the daemon uses [`EmbeddedStore::open_for_daemon`]: a file whose content is
+//!   bad is moved aside and a fresh store created; a file that cannot be opened now (disk full,
+//!   I/O error) leaves the store closed and retried; configuration problems are errors. The
+//!   admin commands use [`EmbeddedStore::open`]: [`StoreError::Corrupt`] when the content is
+//!   bad, [`StoreError::Unavailable`] otherwise, and nothing is ever renamed.
 //!
 //! redb takes an exclusive lock on the file: a second process (e.g. `mxsentry greylist list`
 //! while the daemon runs) gets a clear "in use" error from [`EmbeddedStore::open`].
@@ -258,10 +260,29 @@ struct Failures {
     logged: Option<Instant>,
 }
 
+impl Failures {
+    /// Counts a failed attempt; true when it is to be logged (the first of a run, then one
+    /// per [`FAILURE_LOG_EVERY`]).
+    fn note(&mut self, now: Instant) -> bool {
+        self.attempts += 1;
+        self.since.get_or_insert(now);
+        if self
+            .logged
+            .is_some_and(|t| now.duration_since(t) < FAILURE_LOG_EVERY)
+        {
+            return false;
+        }
+        self.logged = Some(now);
+        true
+    }
+}
+
 struct Shared {
     /// The open database; `None` after an I/O error until the committer has reopened it.
     db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    /// A reopen may create the file: there was none at start, and none was opened since.
+    may_create: std::sync::atomic::AtomicBool,
     cache_bytes: usize,
     max_uncommitted: u64,
     shards: Box<[Mutex<Shard>]>,
@@ -373,32 +394,83 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<
     })
 }
 
+/// Refuses locations that are a configuration mistake: a missing directory, a directory or
+/// other non-regular file at the path. Never moved aside, never retried.
+fn check_location(path: &Path) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(StoreError::Unavailable(format!(
+            "{}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    match path.metadata() {
+        Ok(m) if m.is_dir() => Err(StoreError::Unavailable(format!(
+            "{}: is a directory, not a database file",
+            path.display()
+        ))),
+        // A FIFO, socket or device is a mistake in the configuration, not a damaged store.
+        Ok(m) if !m.is_file() => Err(StoreError::Unavailable(format!(
+            "{}: not a regular file",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The end of every message about a file whose content is bad.
 const CORRUPT_HINT: &str = "`mxsentry run` moves such a file aside and starts with an empty \
      store (greylisting starts afresh)";
 
-/// Classifies an error met while opening the file. [`StoreError::Corrupt`]: the *content* is
-/// bad (not a redb file, damaged, truncated, a file format this version cannot read, a table
-/// of another type): moving the file aside and starting afresh fixes it. Everything else is
-/// [`StoreError::Unavailable`]: an operations problem (in use, not writable, disk full, I/O
-/// error) that a fresh file would not fix or would hide, so the daemon refuses to start.
-fn open_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+/// Why the file could not be opened: the daemon acts on the kind (docs/greylisting.md,
+/// "Faults").
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OpenError {
+    /// The *content* is bad (not a redb file, damaged, truncated, a file format this version
+    /// cannot read, a table of another type, redb panicking on it): moving the file aside and
+    /// starting afresh fixes it.
+    Corrupt(String),
+    /// Another process holds the file (or, for a moment during a reopen, our own reader).
+    InUse(String),
+    /// A problem of the machine that goes away by itself or by an admin's hand while the
+    /// daemon runs (disk full, quota, I/O error, the file gone from an unmounted file
+    /// system): the daemon runs with the store closed, failing open, and retries.
+    Transient(String),
+    /// A configuration or operations problem that neither retrying nor a fresh file fixes
+    /// (not writable, ...): the daemon refuses to start with the reason.
+    Refuse(String),
+}
+
+impl From<OpenError> for StoreError {
+    fn from(e: OpenError) -> StoreError {
+        match e {
+            OpenError::Corrupt(m) => StoreError::Corrupt(m),
+            OpenError::InUse(m) | OpenError::Transient(m) | OpenError::Refuse(m) => {
+                StoreError::Unavailable(m)
+            }
+        }
+    }
+}
+
+/// Classifies an error met while opening the file (see [`OpenError`]).
+fn open_error(path: &Path, e: impl Into<redb::Error>) -> OpenError {
     use std::io::ErrorKind;
     let p = path.display();
     let corrupt = |why: String| {
-        StoreError::Corrupt(format!(
+        OpenError::Corrupt(format!(
             "{p}: not a greylist database or corrupt ({why}); {CORRUPT_HINT}"
         ))
     };
     match e.into() {
-        redb::Error::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+        redb::Error::DatabaseAlreadyOpen => OpenError::InUse(format!(
             "{p}: in use by another process (is mxsentry already running with this file? \
              stop it first, or use the Redis store to administer a live greylist)"
         )),
-        redb::Error::RepairAborted => {
-            StoreError::Unavailable(format!("{p}: repair of the database was aborted"))
-        }
-        redb::Error::UpgradeRequired(v) => StoreError::Corrupt(format!(
+        redb::Error::UpgradeRequired(v) => OpenError::Corrupt(format!(
             "{p}: written in redb file format {v}, which this version cannot open; {CORRUPT_HINT}"
         )),
         redb::Error::Io(e)
@@ -407,7 +479,7 @@ fn open_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
                 ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
             ) =>
         {
-            StoreError::Unavailable(format!(
+            OpenError::Refuse(format!(
                 "{p}: not writable ({e}); the file and its directory must be writable by \
                  the mxsentry user"
             ))
@@ -424,7 +496,17 @@ fn open_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
         | redb::Error::TypeDefinitionChanged { .. }) => {
             corrupt(format!("not written by mxsentry: {e}"))
         }
-        e => io_err(path, "cannot create or open", e),
+        // ENOSPC, EDQUOT, EIO; ENOENT only on a reopen (never create there).
+        redb::Error::Io(e)
+            if e.kind() == ErrorKind::NotFound
+                || matches!(e.raw_os_error(), Some(28 | 122 | 5)) =>
+        {
+            OpenError::Transient(format!("{p}: cannot open: {e}"))
+        }
+        redb::Error::PreviousIo => {
+            OpenError::Transient(format!("{p}: cannot open: an I/O error during repair"))
+        }
+        e => OpenError::Refuse(format!("{p}: cannot create or open: {e}")),
     }
 }
 
@@ -436,29 +518,31 @@ fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
     }
 }
 
-/// Opens (or creates) the database file and creates the table, which also proves the file
-/// writable now rather than at the first commit. A panic inside redb is a [`StoreError::Corrupt`]:
-/// redb only panics on content it did not expect (measured: a file truncated anywhere past
-/// its first 512 bytes trips an assertion instead of an error).
+/// Opens the database file and creates the table, which also proves the file writable now
+/// rather than at the first commit. A panic inside redb is [`OpenError::Corrupt`]: redb only
+/// panics on content it did not expect (measured: a file truncated anywhere past its first
+/// 512 bytes trips an assertion instead of an error).
 ///
-/// `at_start`: create the file if it is missing, and compact it if bloated. A reopen after a
-/// failure does neither: if the file is gone, the file system is probably not mounted (an
-/// admin repairing it) and creating a file in the bare mount point would split the store
-/// in two; it waits for the file to be back instead.
-fn open_database(path: &Path, cache_bytes: usize, at_start: bool) -> Result<Database, StoreError> {
+/// `create`: create the file if it is missing (at start, or on a reopen when there was no file
+/// at start). Otherwise a missing file is [`OpenError::Transient`]: the file system is
+/// probably not mounted (an admin repairing it), and creating a file in the bare mount point
+/// would split the store in two. `compact`: compact a bloated file (at start only).
+fn open_database(
+    path: &Path,
+    cache_bytes: usize,
+    create: bool,
+    compact: bool,
+) -> Result<Database, OpenError> {
+    let fresh = create && !path.exists();
     let opened = catch_panic(|| {
         let mut b = Database::builder();
         b.set_cache_size(cache_bytes);
         b.set_repair_callback(|_| {
             tracing::warn!("greylist database was not closed cleanly: repairing");
         });
-        let mut db = if at_start {
-            b.create(path)
-        } else {
-            b.open(path)
-        }
-        .map_err(|e| open_error(path, e))?;
-        if at_start {
+        let mut db =
+            if create { b.create(path) } else { b.open(path) }.map_err(|e| open_error(path, e))?;
+        if compact {
             compact_if_bloated(&mut db, path);
         }
         let mut tx = db.begin_write().map_err(|e| open_error(path, e))?;
@@ -468,13 +552,19 @@ fn open_database(path: &Path, cache_bytes: usize, at_start: bool) -> Result<Data
         tx.commit().map_err(|e| open_error(path, e))?;
         Ok(db)
     });
-    opened.unwrap_or_else(|what| {
-        Err(StoreError::Corrupt(format!(
+    let result = opened.unwrap_or_else(|what| {
+        Err(OpenError::Corrupt(format!(
             "{}: not a greylist database or corrupt (the database library gave up: {what}); \
              {CORRUPT_HINT}",
             path.display(),
         )))
-    })
+    });
+    if fresh && result.is_err() {
+        // A file this call created but could not finish (disk full): the next attempt must
+        // create it again, not find a half-written file and take it for a damaged one.
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 /// `YYYYMMDDTHHMMSSZ` (UTC) for `unix` seconds.
@@ -511,7 +601,7 @@ fn aside_path(path: &Path, unix: u64) -> PathBuf {
     candidate
 }
 
-/// What [`EmbeddedStore::open_or_move_aside`] did with a file it could not read.
+/// An unreadable file moved aside (at start, or when a reopen finds it damaged).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MovedAside {
     /// The configured path (now a fresh, empty store).
@@ -520,6 +610,49 @@ pub struct MovedAside {
     pub moved_to: PathBuf,
     /// Why it could not be opened.
     pub reason: String,
+}
+
+/// Renames the unreadable file at `path` to a `.corrupt-<UTC time>` name beside it.
+fn move_aside(path: &Path, reason: &str) -> Result<MovedAside, StoreError> {
+    // The hint is for the admin commands; the daemon's log says what it did instead.
+    let reason = reason
+        .strip_suffix(CORRUPT_HINT)
+        .map_or(reason, |r| r.trim_end_matches("; "))
+        .to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let moved_to = aside_path(path, now);
+    std::fs::rename(path, &moved_to).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "{reason}; and it cannot be moved aside to {}: {e}",
+            moved_to.display()
+        ))
+    })?;
+    // The rename must outlive a crash, or the next start would meet the bad file again
+    // (harmless, but confusing): sync the directory. A failure here costs nothing else.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(MovedAside {
+        path: path.to_path_buf(),
+        moved_to,
+        reason,
+    })
+}
+
+/// How [`EmbeddedStore::open_for_daemon`] got its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The file opened (or was created).
+    Fine,
+    /// The file was unreadable: it was moved aside and a fresh store created.
+    MovedAside(MovedAside),
+    /// The file cannot be opened now (disk full, I/O error): the store runs closed, every
+    /// call fails (greylisting fails open), and it is reopened every commit interval.
+    Closed { reason: String },
 }
 
 impl EmbeddedStore {
@@ -557,95 +690,69 @@ impl EmbeddedStore {
         )
     }
 
-    /// For the daemon's start: [`EmbeddedStore::open_with`], but a file whose content is bad
-    /// ([`StoreError::Corrupt`]) is renamed to `<path>.corrupt-<UTC time>` and a fresh store is
-    /// created in its place. Greylist state is a cache of delays, not mail: a daemon that
-    /// refused to start over it would make the MTA refuse all mail (`milter_default_action =
-    /// tempfail`). Operations problems ([`StoreError::Unavailable`]: in use, not writable,
-    /// missing directory, disk full, I/O error) are returned as they are: renaming would not
-    /// fix them. The admin commands use [`EmbeddedStore::open`], which never renames.
-    pub fn open_or_move_aside(
-        path: &Path,
-        options: Options,
-    ) -> Result<(EmbeddedStore, Option<MovedAside>), StoreError> {
-        let reason = match Self::open_with(path, options) {
-            Err(StoreError::Corrupt(reason)) => reason,
-            other => return other.map(|s| (s, None)),
-        };
-        // The hint is for the admin commands; the daemon's log says what it did instead.
-        let reason = reason
-            .strip_suffix(CORRUPT_HINT)
-            .map_or(reason.as_str(), |r| r.trim_end_matches("; "))
-            .to_owned();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let moved_to = aside_path(path, now);
-        std::fs::rename(path, &moved_to).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "{reason}; and it cannot be moved aside to {}: {e}",
-                moved_to.display()
-            ))
-        })?;
-        // The rename must outlive a crash, or the next start would meet the bad file again
-        // (harmless, but confusing): sync the directory. A failure here costs nothing else.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        let store = Self::open_with(path, options).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "{e} (after moving the unreadable file aside to {})",
-                moved_to.display()
-            ))
-        })?;
-        Ok((
-            store,
-            Some(MovedAside {
-                path: path.to_path_buf(),
-                moved_to,
-                reason,
-            }),
-        ))
+    /// Opens (or creates) the database at `path` with `options`; see [`EmbeddedStore::open`].
+    /// For the admin commands and tests: any failure is an error, and nothing is renamed.
+    pub fn open_with(path: &Path, options: Options) -> Result<EmbeddedStore, StoreError> {
+        check_location(path)?;
+        let db = open_database(path, options.cache_bytes, true, true)?;
+        Self::start(path, options, Some(db), false)
     }
 
-    /// Opens (or creates) the database at `path` with `options`; see [`EmbeddedStore::open`].
-    pub fn open_with(path: &Path, options: Options) -> Result<EmbeddedStore, StoreError> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if !dir.is_dir() {
-            return Err(StoreError::Unavailable(format!(
-                "{}: directory {} does not exist",
-                path.display(),
-                dir.display()
-            )));
-        }
-        match path.metadata() {
-            Ok(m) if m.is_dir() => {
-                return Err(StoreError::Unavailable(format!(
-                    "{}: is a directory, not a database file",
-                    path.display()
-                )))
+    /// For the daemon's start. Greylist state is a cache of delays, not mail: a daemon that
+    /// refused to start over it would make the MTA refuse all mail (`milter_default_action =
+    /// tempfail`). So:
+    /// * a file whose content is bad is renamed to `<path>.corrupt-<UTC time>` and a fresh
+    ///   store is created in its place ([`Opened::MovedAside`]);
+    /// * a file that cannot be opened *now* (disk full, quota, I/O error) leaves the store
+    ///   closed and retried every commit interval ([`Opened::Closed`]; greylisting fails open);
+    /// * configuration and operations problems are errors, as they are: in use by another
+    ///   process, not writable (permission, read-only file system), missing directory, a
+    ///   directory or other non-regular file. Renaming would not fix them, and starting would
+    ///   hide them.
+    pub fn open_for_daemon(
+        path: &Path,
+        options: Options,
+    ) -> Result<(EmbeddedStore, Opened), StoreError> {
+        check_location(path)?;
+        let existed = path.exists();
+        match open_database(path, options.cache_bytes, true, true) {
+            Ok(db) => Ok((Self::start(path, options, Some(db), false)?, Opened::Fine)),
+            Err(OpenError::Corrupt(reason)) => {
+                let moved = move_aside(path, &reason)?;
+                let db = open_database(path, options.cache_bytes, true, false).map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "{} (after moving the unreadable file aside to {})",
+                        StoreError::from(e),
+                        moved.moved_to.display()
+                    ))
+                })?;
+                let store = Self::start(path, options, Some(db), false)?;
+                Ok((store, Opened::MovedAside(moved)))
             }
-            // A FIFO, socket or device is a mistake in the configuration, not a damaged
-            // store: never move it aside.
-            Ok(m) if !m.is_file() => {
-                return Err(StoreError::Unavailable(format!(
-                    "{}: not a regular file",
-                    path.display()
-                )))
+            Err(OpenError::Transient(reason)) => {
+                let store = Self::start(path, options, None, !existed)?;
+                lock(&store.shared.failures).note(Instant::now());
+                Ok((store, Opened::Closed { reason }))
             }
-            _ => {}
+            Err(e) => Err(e.into()),
         }
-        let db = open_database(path, options.cache_bytes, true)?;
+    }
 
-        let (state, _) = watch::channel(CommitState::default());
+    /// Starts the threads on an open database (`None`: closed, to be reopened).
+    fn start(
+        path: &Path,
+        options: Options,
+        db: Option<Database>,
+        may_create: bool,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let (state, _) = watch::channel(CommitState {
+            error: db.is_none().then(|| "not open yet".to_owned()),
+            ..CommitState::default()
+        });
         let shared = Arc::new(Shared {
-            db: RwLock::new(Some(Arc::new(db))),
+            db: RwLock::new(db.map(Arc::new)),
             path: path.to_path_buf(),
+            may_create: may_create.into(),
             cache_bytes: options.cache_bytes,
             max_uncommitted: options.max_uncommitted.max(1),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
@@ -714,7 +821,7 @@ impl EmbeddedStore {
             let mut db = Database::builder()
                 .set_cache_size(CACHE_BYTES)
                 .open(path)
-                .map_err(|e| open_error(path, e))?;
+                .map_err(|e| StoreError::from(open_error(path, e)))?;
             db.compact()
                 .map_err(|e| io_err(path, "compaction failed", e))
         })
@@ -874,19 +981,33 @@ impl Shared {
     fn reopen(&self) -> Result<(), StoreError> {
         let started = Instant::now();
         loop {
-            match open_database(&self.path, self.cache_bytes, false) {
+            let create = self.may_create.load(Ordering::Relaxed) && !self.path.exists();
+            match open_database(&self.path, self.cache_bytes, create, false) {
                 Ok(db) => {
+                    self.may_create.store(false, Ordering::Relaxed);
                     *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
                     tracing::debug!(path = %self.path.display(), "greylist database reopened");
                     return Ok(());
                 }
-                Err(StoreError::Unavailable(m))
-                    if m.contains("in use by another process")
-                        && started.elapsed() < REOPEN_WAIT =>
-                {
+                Err(OpenError::InUse(_)) if started.elapsed() < REOPEN_WAIT => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(e) => return Err(e),
+                Err(OpenError::Corrupt(reason)) => {
+                    // Damaged while closed (a crash of the disk, an fsck that truncated it):
+                    // what the daemon does at start, for the same reason.
+                    let moved = move_aside(&self.path, &reason)?;
+                    crate::metrics::metrics().greylist_store_recovered();
+                    tracing::error!(
+                        path = %moved.path.display(),
+                        moved_to = %moved.moved_to.display(),
+                        reason = %moved.reason,
+                        "greylist store unreadable: moved aside, starting with an empty store"
+                    );
+                    let db = open_database(&self.path, self.cache_bytes, true, false)?;
+                    *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -1006,13 +1127,7 @@ impl Shared {
     fn commit_failed(&self, e: &StoreError, entries: usize) {
         crate::metrics::metrics().greylist_error("embedded");
         let mut f = lock(&self.failures);
-        f.attempts += 1;
-        let now = Instant::now();
-        f.since.get_or_insert(now);
-        if f.logged
-            .is_none_or(|t| now.duration_since(t) >= FAILURE_LOG_EVERY)
-        {
-            f.logged = Some(now);
+        if f.note(Instant::now()) {
             tracing::error!(
                 path = %self.path.display(),
                 error = %e,

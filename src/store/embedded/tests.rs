@@ -284,9 +284,11 @@ fn unreadable_content_is_moved_aside_and_a_fresh_store_opens() {
         assert!(matches!(err, StoreError::Corrupt(_)), "{what}: {err}");
         assert!(moved_aside(&path).is_empty(), "{what}");
 
-        let (s, moved) = EmbeddedStore::open_or_move_aside(&path, Options::default())
+        let (s, opened) = EmbeddedStore::open_for_daemon(&path, Options::default())
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let moved = moved.unwrap_or_else(|| panic!("{what}: not moved aside"));
+        let Opened::MovedAside(moved) = opened else {
+            panic!("{what}: not moved aside: {opened:?}");
+        };
         assert_eq!(moved.path, path);
         assert!(moved.reason.contains("corrupt"), "{what}: {}", moved.reason);
         let aside = moved_aside(&path);
@@ -308,19 +310,19 @@ fn a_good_file_is_not_moved_and_operations_problems_are_not_either() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("greylist.db");
     store_file(&path, 10);
-    let (s, moved) = EmbeddedStore::open_or_move_aside(&path, Options::default()).unwrap();
-    assert_eq!(moved, None);
+    let (s, opened) = EmbeddedStore::open_for_daemon(&path, Options::default()).unwrap();
+    assert_eq!(opened, Opened::Fine);
     // In use by another opener: refused, not moved.
-    let err = EmbeddedStore::open_or_move_aside(&path, Options::default()).unwrap_err();
+    let err = EmbeddedStore::open_for_daemon(&path, Options::default()).unwrap_err();
     assert!(
         err.to_string().contains("in use by another process"),
         "{err}"
     );
     drop(s);
     // A directory, a missing directory: refused, not moved.
-    let err = EmbeddedStore::open_or_move_aside(dir.path(), Options::default()).unwrap_err();
+    let err = EmbeddedStore::open_for_daemon(dir.path(), Options::default()).unwrap_err();
     assert!(err.to_string().contains("is a directory"), "{err}");
-    let err = EmbeddedStore::open_or_move_aside(&dir.path().join("no/x.db"), Options::default())
+    let err = EmbeddedStore::open_for_daemon(&dir.path().join("no/x.db"), Options::default())
         .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
     assert!(moved_aside(&path).is_empty());
