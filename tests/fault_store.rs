@@ -304,7 +304,7 @@ fn fault_under_load(
     }
     std::thread::sleep(Duration::from_millis(500)); // committed
     assert_eq!(d.metric(ERRORS), Some(0.0));
-    let load = Load::start(d.port, 3, name);
+    let load = Load::start(d.port, 3, &name.replace(' ', "-"));
     std::thread::sleep(Duration::from_secs(1));
     let healthy = load.count();
     let rss_before = d.rss_kib();
