@@ -10,11 +10,14 @@
 //!   file open for writing, the kernel answers EBUSY, so a file system error is how it happens
 //!   for real): every session is answered promptly, never 5xx, the failure is logged and
 //!   counted, memory stays bounded, and the store recovers without a restart;
+//! * a full disk at start: the daemon starts with the store closed, fails open, and opens it
+//!   once space returns;
 //! * `kill -9` under load in a loop: the file always opens, and every triplet acknowledged
 //!   more than `commit_interval` + 1 s before the kill is still there.
 //!
-//! The mounts need root: the tests FAIL (never skip) without it. `MXSENTRY_KILL9_CYCLES` sets
-//! the number of kill cycles (default 20); `MXSENTRY_SOAK=1` runs 200 (a soak, ~10 minutes):
+//! The mounts need root, loop devices, `mkfs.ext4` and `e2fsck` (e2fsprogs): the tests FAIL
+//! (never skip) without them. `MXSENTRY_KILL9_CYCLES` sets
+//! the number of kill cycles (default 20); `MXSENTRY_SOAK=1` runs 200 (a soak, ~11 minutes):
 //! `MXSENTRY_SOAK=1 cargo test --test fault_store kill_9 -- --nocapture`.
 //! `MXSENTRY_KILL9_SEED` replays the kill times of an earlier run (printed at the start).
 
