@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mxsentry::protocol::reply::Reply;
 
@@ -44,6 +44,8 @@ pub struct Session {
     pub reply: Option<Reply>,
     /// When the reply came.
     pub at: Instant,
+    /// The same, on the wall clock (to compare with the daemon's log timestamps).
+    pub wall: SystemTime,
     /// From RCPT sent to its reply (what the MTA waits for the verdict).
     pub rcpt: Duration,
     /// How long the whole session took.
@@ -86,6 +88,7 @@ impl Load {
                             sender,
                             reply,
                             at: Instant::now(),
+                            wall: SystemTime::now(),
                             rcpt,
                             took,
                         });

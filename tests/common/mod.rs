@@ -132,9 +132,12 @@ impl Daemon {
         d
     }
 
+    /// Waits until the milter port and the metrics endpoint (bound just after it) accept
+    /// connections; fails at once, with the log, if the daemon exits instead.
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let up = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
+        while !(up(self.port) && up(self.metrics_port)) {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!(
                     "daemon exited with {status} instead of listening: {}",
