@@ -18,7 +18,7 @@
 //!
 //! The mounts need root, loop devices, `mkfs.ext4` and `e2fsck` (e2fsprogs): the tests FAIL
 //! (never skip) without them. `MXSENTRY_KILL9_CYCLES` sets
-//! the number of kill cycles (default 20); `MXSENTRY_SOAK=1` runs 200 (a soak, ~11 minutes):
+//! the number of kill cycles (default 20); `MXSENTRY_SOAK=1` runs 200 (a soak, ~12 minutes):
 //! `MXSENTRY_SOAK=1 cargo test --test fault_store kill_9 -- --nocapture`.
 //! `MXSENTRY_KILL9_SEED` replays the kill times of an earlier run (printed at the start).
 
