@@ -50,14 +50,6 @@ fn session(d: &Daemon, ip: &str) -> (Reply, Duration) {
     (r, t)
 }
 
-/// A counter or gauge from /metrics (`name{labels}` exactly as exposed), 0 when absent.
-fn metric(d: &Daemon, series: &str) -> f64 {
-    let (_, body) = d.http_get("/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 const FAULTS: &str = "[dns]\ntimeout = \"1s\"\n[[dnsbl.zones]]\nzone = \"bl.test\"\n";
 
 /// Longest a session may wait: the lookups' deadline (3 × timeout) plus generous slack for a
@@ -134,17 +126,11 @@ fn dns_faults_give_the_temporary_verdict_in_time_and_service_returns_with_dns() 
         "listed again: {r:?}"
     );
     assert!(
-        metric(
-            &d,
-            "mxsentry_dns_errors_total{error=\"servfail\",kind=\"ptr\"}"
-        ) >= 1.0,
+        d.metric("mxsentry_dns_errors_total{error=\"servfail\",kind=\"ptr\"}") >= 1.0,
         "SERVFAIL counted"
     );
     assert!(
-        metric(
-            &d,
-            "mxsentry_dns_errors_total{error=\"timeout\",kind=\"ptr\"}"
-        ) >= 1.0,
+        d.metric("mxsentry_dns_errors_total{error=\"timeout\",kind=\"ptr\"}") >= 1.0,
         "timeouts counted"
     );
     assert!(d.is_running());
@@ -238,24 +224,9 @@ fn an_unreachable_list_is_ignored_unless_the_zone_says_tempfail() {
         log.contains("findings=\"dnsbl:temp(bl.test: 60.2.0.192.bl.test -> SERVFAIL)"),
         "{log}"
     );
-    assert!(
-        metric(
-            &d,
-            "mxsentry_dnsbl_results_total{result=\"error\",zone=\"bl.test\"}"
-        ) >= 1.0
-    );
-    assert!(
-        metric(
-            &d,
-            "mxsentry_dnsbl_results_total{result=\"timeout\",zone=\"bl.test\"}"
-        ) >= 1.0
-    );
-    assert!(
-        metric(
-            &d,
-            "mxsentry_dnsbl_results_total{result=\"blocked\",zone=\"bl.test\"}"
-        ) >= 1.0
-    );
+    assert!(d.metric("mxsentry_dnsbl_results_total{result=\"error\",zone=\"bl.test\"}") >= 1.0);
+    assert!(d.metric("mxsentry_dnsbl_results_total{result=\"timeout\",zone=\"bl.test\"}") >= 1.0);
+    assert!(d.metric("mxsentry_dnsbl_results_total{result=\"blocked\",zone=\"bl.test\"}") >= 1.0);
 
     // `[dns] temp_failure = "ignore"` lets rDNS failures through too.
     let ignore = "[dns]\ntimeout = \"1s\"\ntemp_failure = \"ignore\"\n";

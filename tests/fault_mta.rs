@@ -602,7 +602,10 @@ fn max_connections_is_fitted_to_the_open_file_limit() {
     // 704 files: 48 for the daemon, 256 for DNS lookups, 256 for the metrics endpoint; of the
     // 144 left, 128 connections and 16 overflow handlers.
     let reserved = mxsentry::server::limits::reserved_fds(256);
-    assert_eq!(reserved, 560, "the reservation changed: adjust this test's figures");
+    assert_eq!(
+        reserved, 560,
+        "the reservation changed: adjust this test's figures"
+    );
     let d = Daemon::start_opts(
         ACCESS,
         "",

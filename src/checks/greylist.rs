@@ -294,12 +294,18 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// How often a store failure that goes on is logged again (each session's decision log line
+/// carries its own finding; one line per session would flood the journal during an outage).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Greylisting against one store.
 pub struct Greylister {
     store: Arc<dyn GreylistStore>,
     cfg: GreylistConfig,
     timing: Timing,
     deadline: Duration,
+    /// When a store failure was last logged, and how many were not logged since.
+    failure_log: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 impl std::fmt::Debug for Greylister {
@@ -320,23 +326,74 @@ impl Greylister {
             cfg: cfg.clone(),
             timing: Timing::from_config(cfg),
             deadline: DEFAULT_DEADLINE,
+            failure_log: Default::default(),
         }
     }
 
     /// Opens the configured store (`greylist.store`): the embedded file at `greylist.path`
     /// (committing every `greylist.commit_interval`) or Redis at `greylist.redis_url`. The
-    /// error names the file or server and the reason.
+    /// error names the file or server and the reason. For the admin commands: an unreadable
+    /// file is an error here, never touched (see [`Greylister::open_for_daemon`]).
     pub async fn open(cfg: &GreylistConfig) -> Result<Greylister, String> {
+        Self::open_with(cfg, false).await
+    }
+
+    /// [`Greylister::open`] for the daemon's start ([`EmbeddedStore::open_for_daemon`]): an
+    /// embedded file whose content is bad (corrupt, truncated, not a redb file, a format this
+    /// version cannot read) is moved aside to `<path>.corrupt-<UTC time>` and the daemon starts
+    /// with an empty store, logging an error and counting
+    /// `mxsentry_greylist_store_recoveries_total`; a file that cannot be opened now (disk full,
+    /// I/O error) leaves the store closed and retried while greylisting fails open. A daemon
+    /// that refused to start would make the MTA refuse all mail; greylist entries are only a
+    /// cache of delays. Operations problems (in use, not writable, no directory) still fail
+    /// with their reason.
+    ///
+    /// [`EmbeddedStore::open_for_daemon`]: crate::store::embedded::EmbeddedStore::open_for_daemon
+    pub async fn open_for_daemon(cfg: &GreylistConfig) -> Result<Greylister, String> {
+        Self::open_with(cfg, true).await
+    }
+
+    async fn open_with(cfg: &GreylistConfig, daemon: bool) -> Result<Greylister, String> {
+        use crate::store::embedded::{EmbeddedStore, Opened, Options};
         let store: Arc<dyn GreylistStore> = match cfg.store {
             StoreKind::Embedded => {
                 let path = cfg.path.clone();
-                let interval = cfg.commit_interval;
-                let store = tokio::task::spawn_blocking(move || {
-                    crate::store::embedded::EmbeddedStore::open(&path, interval)
+                let options = Options {
+                    commit_interval: cfg.commit_interval,
+                    max_uncommitted: cfg.max_uncommitted,
+                    ..Options::default()
+                };
+                let (store, opened) = tokio::task::spawn_blocking(move || {
+                    if daemon {
+                        EmbeddedStore::open_for_daemon(&path, options)
+                    } else {
+                        EmbeddedStore::open_with(&path, options).map(|s| (s, Opened::Fine))
+                    }
                 })
                 .await
                 .map_err(|e| format!("greylist store: {e}"))?
                 .map_err(|e| format!("greylist store: {e}"))?;
+                match opened {
+                    Opened::Fine => {}
+                    Opened::MovedAside(m) => {
+                        crate::metrics::metrics().greylist_store_recovered();
+                        tracing::error!(
+                            path = %m.path.display(),
+                            moved_to = %m.moved_to.display(),
+                            reason = %m.reason,
+                            "greylist store unreadable: moved aside, starting with an empty store"
+                        );
+                    }
+                    Opened::Closed { reason } => {
+                        crate::metrics::metrics().greylist_error("embedded");
+                        tracing::error!(
+                            path = %cfg.path.display(),
+                            reason = %reason,
+                            "greylist store cannot be opened now: starting without it \
+                             (greylisting fails open) and retrying every commit interval"
+                        );
+                    }
+                }
                 Arc::new(store)
             }
             StoreKind::Redis => Arc::new(
@@ -399,13 +456,35 @@ impl Greylister {
         let key = keys::triplet_plain(&client, sender, rcpt);
         let outcome = self.decide(&client, &key, now).await;
         if let GreylistOutcome::StoreError(e) = &outcome {
-            tracing::warn!(backend = self.store.backend(), error = %e, "greylist store failed: accepting");
+            self.log_failure(e);
         }
         GreylistResult {
             outcome,
             key,
             client,
         }
+    }
+
+    /// Logs a failed check: the first, then at most one per [`FAILURE_LOG_EVERY`] with the
+    /// number not logged in between.
+    fn log_failure(&self, error: &str) {
+        let mut log = self.failure_log.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if log
+            .0
+            .is_some_and(|t| now.duration_since(t) < FAILURE_LOG_EVERY)
+        {
+            log.1 += 1;
+            return;
+        }
+        let not_logged = std::mem::take(&mut log.1);
+        log.0 = Some(now);
+        tracing::warn!(
+            backend = self.store.backend(),
+            error,
+            not_logged,
+            "greylist store failed: accepting"
+        );
     }
 
     async fn decide(&self, client: &str, plain_key: &str, now: u64) -> GreylistOutcome {

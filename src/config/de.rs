@@ -351,6 +351,10 @@ pub(super) fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, 
     ranged(d, "max_connections", 1, usize_max()).map(|v| v as usize)
 }
 
+pub(super) fn max_uncommitted<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ranged(d, "max_uncommitted", 1, u64::MAX)
+}
+
 pub(super) fn max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     ranged(d, "max_concurrent", 1, usize_max()).map(|v| v as usize)
 }

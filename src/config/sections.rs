@@ -545,6 +545,11 @@ pub struct GreylistConfig {
     /// most. `"0s"`: every update is durable before the reply goes out. Default: 1s.
     #[serde(deserialize_with = "de::one::<_, de::DurationP>")]
     pub commit_interval: Duration,
+    /// Most greylist writes the embedded store keeps in memory while the disk does not take
+    /// them (slow, full, read-only); beyond it greylisting fails open. ~150 bytes each.
+    /// Default: 100000.
+    #[serde(deserialize_with = "de::max_uncommitted")]
+    pub max_uncommitted: u64,
     /// Store hashed triplet keys instead of addresses (privacy). Default: false.
     pub hash_keys: bool,
     /// The 4xx reply while greylisted; `{remaining}` is the seconds left.
@@ -568,6 +573,7 @@ impl Default for GreylistConfig {
             path: PathBuf::from("/var/lib/mxsentry/greylist.db"),
             redis_url: "redis://127.0.0.1:6379/0".into(),
             commit_interval: Duration::from_secs(1),
+            max_uncommitted: crate::store::embedded::DEFAULT_MAX_UNCOMMITTED,
             hash_keys: false,
             reply: "450 4.7.1 Greylisted, try again in {remaining} seconds".into(),
         }

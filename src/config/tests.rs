@@ -118,6 +118,7 @@ fn defaults_match_the_contract() {
     assert_eq!(g.path, Path::new("/var/lib/mxsentry/greylist.db"));
     assert_eq!(g.redis_url, "redis://127.0.0.1:6379/0");
     assert_eq!(g.commit_interval, Duration::from_secs(1));
+    assert_eq!(g.max_uncommitted, 100_000);
     assert_eq!(c.sender_rules.access_file, None);
     assert!(c.sender_rules.regex.is_empty());
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9890".parse().unwrap()));

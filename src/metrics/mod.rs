@@ -281,6 +281,7 @@ pub struct Metrics {
     /// Per [`GREYLIST_BACKENDS`], present at 0 from the start so `increase()` sees the first
     /// error.
     greylist_errors_fixed: [IntCounter; GREYLIST_BACKENDS.len()],
+    greylist_store_recoveries: IntCounter,
 
     connections_open: IntGauge,
     connections_total: IntCounter,
@@ -385,6 +386,14 @@ impl Metrics {
             "mxsentry_greylist_errors_total",
             "Greylist store failures (the greylist step then fails open), by backend.",
             &["backend"],
+        );
+        let greylist_store_recoveries = register(
+            r,
+            IntCounter::new(
+                "mxsentry_greylist_store_recoveries_total",
+                "Unreadable embedded greylist files moved aside at start (the daemon then \
+                 started with an empty store).",
+            ),
         );
         let connections_open = register(
             r,
@@ -508,6 +517,7 @@ impl Metrics {
             greylist_errors_fixed: GREYLIST_BACKENDS
                 .map(|b| greylist_errors.with_label_values(&[b])),
             greylist_errors,
+            greylist_store_recoveries,
             connections_open,
             connections_total,
             connections_limit,
@@ -679,6 +689,11 @@ impl Metrics {
                 .with_label_values(&[word(backend)])
                 .inc(),
         }
+    }
+
+    /// An unreadable embedded store file was moved aside at start (a fresh store replaced it).
+    pub fn greylist_store_recovered(&self) {
+        self.greylist_store_recoveries.inc();
     }
 
     // ---- connections ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("mxsentry_greylist_entries", "gauge"),
     ("mxsentry_greylist_operation_duration_seconds", "histogram"),
     ("mxsentry_greylist_errors_total", "counter"),
+    ("mxsentry_greylist_store_recoveries_total", "counter"),
     ("mxsentry_connections_open", "gauge"),
     ("mxsentry_connections_total", "counter"),
     ("mxsentry_connections_limit", "gauge"),
@@ -350,6 +351,7 @@ fn counters_move() {
     m.greylist_op("redis", "lookup", 0.002, true);
     m.greylist_op("redis", "record", 0.3, false);
     m.greylist_error("embedded");
+    m.greylist_store_recovered();
     m.protocol_error("frame_too_large");
     m.connection_overflow("tempfail");
     m.connection_overflow("close");
@@ -471,6 +473,7 @@ fn counters_move() {
         at("mxsentry_greylist_errors_total", &[("backend", "embedded")]),
         1.0
     );
+    assert_eq!(at("mxsentry_greylist_store_recoveries_total", &[]), 1.0);
     assert_eq!(
         at(
             "mxsentry_protocol_errors_total",

@@ -99,9 +99,10 @@ impl Server {
         let signals = Signals::install()?;
         // Before anything opens descriptors: the limit is the process's.
         let (max, handlers) = fit_open_files(&self.config);
-        // The greylist store first: a corrupt or unwritable file stops the start with its reason.
+        // The greylist store first: an unwritable file stops the start with its reason; an
+        // unreadable one is moved aside (greylisting starts afresh rather than mail stopping).
         let greylister = if self.config.may_greylist() {
-            Some(Greylister::open(&self.config.greylist).await?)
+            Some(Greylister::open_for_daemon(&self.config.greylist).await?)
         } else {
             None
         };

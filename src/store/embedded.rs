@@ -46,8 +46,26 @@
 //! * `kill -9` loses at most the updates of the last `commit_interval` (plus the commit in
 //!   flight); redb's copy-on-write commits never leave the file unreadable.
 //!
-//! If a commit fails (disk full, I/O error) the batch goes back into the overlay (newer changes
-//! win) and is retried at the next interval; the error is logged and returned by `flush`.
+//! # Faults (docs/reliability-parts/store.md)
+//! * **A commit fails** (disk full, read-only or failing file system): the batch goes back into
+//!   the overlay (newer changes win) and is retried every `commit_interval`; the failure is
+//!   counted (`mxsentry_greylist_errors_total{backend="embedded"}`) and logged (the first one,
+//!   then once a minute, then the recovery). redb refuses every operation after an I/O error
+//!   until the database is reopened, so the committer closes the file and reopens it by path
+//!   (reads fail open meanwhile): once space or writability is back, the next commit writes
+//!   the overlay and the store works again without a restart. Closing also lets an admin
+//!   unmount and repair the file system under the running daemon.
+//! * **Memory stays bounded**: once `max_uncommitted` writes wait for the disk and the last
+//!   commit failed, updates are refused at once (the greylist step fails open) instead of
+//!   growing the overlay; while commits merely lag, updates wait for one (bounded by the
+//!   greylist deadline).
+//! * **A panic inside redb** (a damaged page can trip one of its assertions) is caught on every
+//!   thread that calls it and becomes an error, so no thread of the store dies.
+//! * **At start** the daemon uses [`EmbeddedStore::open_for_daemon`]: a file whose content is
+//!   bad is moved aside and a fresh store created; a file that cannot be opened now (disk full,
+//!   I/O error) leaves the store closed and retried; configuration problems are errors. The
+//!   admin commands use [`EmbeddedStore::open`]: [`StoreError::Corrupt`] when the content is
+//!   bad, [`StoreError::Unavailable`] otherwise, and nothing is ever renamed.
 //!
 //! redb takes an exclusive lock on the file: a second process (e.g. `mxsentry greylist list`
 //! while the daemon runs) gets a clear "in use" error from [`EmbeddedStore::open`].
@@ -57,14 +75,12 @@ use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redb::{
-    Database, DatabaseError, Durability, ReadableTableMetadata, StorageError, TableDefinition,
-};
+use redb::{Database, Durability, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{oneshot, watch};
 
 use super::{Entry, GreylistStore, StoreError, UpdateFn, Write};
@@ -86,10 +102,38 @@ const PURGE_BATCH: usize = 1_000;
 /// Entries examined per purge read transaction.
 const PURGE_SCAN: usize = 20_000;
 
-/// Most writes not yet committed before writers wait for the commit (bounds the overlay's
-/// memory, ~150 bytes a write, when updates outpace the disk; the greylist deadline then
-/// fails the check open rather than letting memory grow).
-const MAX_UNCOMMITTED: u64 = 100_000;
+/// Default of [`Options::max_uncommitted`]: ~15 MB of overlay at ~150 bytes a write.
+pub const DEFAULT_MAX_UNCOMMITTED: u64 = 100_000;
+
+/// How long a reopen waits for the store's own readers to let go of the old database (its
+/// file lock is released when the last read transaction ends).
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a commit failure that goes on is logged again (every attempt is counted).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Settings of [`EmbeddedStore::open_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// How often pending updates are committed durably (`0`: before each update returns).
+    pub commit_interval: Duration,
+    /// redb's page cache in bytes (most of the store's memory).
+    pub cache_bytes: usize,
+    /// Most writes waiting for a commit (bounds the overlay's memory, ~150 bytes a write). At
+    /// the bound, updates wait for a commit while commits succeed (the greylist deadline then
+    /// fails the check open) and are refused at once while commits fail.
+    pub max_uncommitted: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            commit_interval: Duration::from_secs(1),
+            cache_bytes: CACHE_BYTES,
+            max_uncommitted: DEFAULT_MAX_UNCOMMITTED,
+        }
+    }
+}
 
 /// Entry layout version (first byte of a stored value).
 const FORMAT_V1: u8 = 1;
@@ -205,9 +249,42 @@ struct Control {
     purges: Vec<(u64, oneshot::Sender<Result<u64, StoreError>>)>,
 }
 
+/// A run of failed commits (committer thread only), for logging it without flooding the log.
+#[derive(Default)]
+struct Failures {
+    /// Failed attempts since the last successful commit.
+    attempts: u64,
+    /// When the first of them failed.
+    since: Option<Instant>,
+    /// When one was last logged.
+    logged: Option<Instant>,
+}
+
+impl Failures {
+    /// Counts a failed attempt; true when it is to be logged (the first of a run, then one
+    /// per [`FAILURE_LOG_EVERY`]).
+    fn note(&mut self, now: Instant) -> bool {
+        self.attempts += 1;
+        self.since.get_or_insert(now);
+        if self
+            .logged
+            .is_some_and(|t| now.duration_since(t) < FAILURE_LOG_EVERY)
+        {
+            return false;
+        }
+        self.logged = Some(now);
+        true
+    }
+}
+
 struct Shared {
-    db: Database,
+    /// The open database; `None` after an I/O error until the committer has reopened it.
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    /// A reopen may create the file: there was none at start, and none was opened since.
+    may_create: std::sync::atomic::AtomicBool,
+    cache_bytes: usize,
+    max_uncommitted: u64,
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
     /// Writes so far (incremented under the shard lock that holds the write).
@@ -216,6 +293,7 @@ struct Shared {
     control: Mutex<Control>,
     wake: Condvar,
     state: watch::Sender<CommitState>,
+    failures: Mutex<Failures>,
 }
 
 /// Reader threads (file reads for sessions; more than one so a cold page cache's disk reads
@@ -267,49 +345,168 @@ fn io_err(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{}: {what}: {e}", path.display()))
 }
 
-/// Maps a redb open error to a message that names the file and says what to do.
-fn open_error(path: &Path, e: DatabaseError) -> StoreError {
+thread_local! {
+    /// Set while redb runs under [`catch_panic`]: its panics are reported as errors instead.
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// What the last caught panic said, and where.
+    static CAUGHT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Runs `f`, turning a panic into `Err(what it said, and where)`. redb panics on some damaged
+/// files instead of reporting them; the default panic message (with its backtrace note) would
+/// read like a crash in the journal right before the error the caller logs, so a panic hook
+/// keeps it quiet on this thread while `f` runs (other panics print as before).
+fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CATCHING.with(|c| c.get()) {
+                let what = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("unknown panic");
+                let at = info
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                CAUGHT.with(|c| *c.borrow_mut() = format!("{what}{at}"));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    let was = CATCHING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(was));
+    result.map_err(|_| CAUGHT.with(|c| std::mem::take(&mut *c.borrow_mut())))
+}
+
+/// Runs `f` (redb work), turning a panic into an error so that no store thread dies of it.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch_panic(f).unwrap_or_else(|what| {
+        Err(StoreError::Unavailable(format!(
+            "{}: the database library panicked: {what}",
+            path.display()
+        )))
+    })
+}
+
+/// Refuses locations that are a configuration mistake: a missing directory, a directory or
+/// other non-regular file at the path. Never moved aside, never retried.
+fn check_location(path: &Path) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(StoreError::Unavailable(format!(
+            "{}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    match path.metadata() {
+        Ok(m) if m.is_dir() => Err(StoreError::Unavailable(format!(
+            "{}: is a directory, not a database file",
+            path.display()
+        ))),
+        // A FIFO, socket or device is a mistake in the configuration, not a damaged store.
+        Ok(m) if !m.is_file() => Err(StoreError::Unavailable(format!(
+            "{}: not a regular file",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The end of every message about a file whose content is bad.
+const CORRUPT_HINT: &str = "`mxsentry run` moves such a file aside and starts with an empty \
+     store (greylisting starts afresh)";
+
+/// Why the file could not be opened: the daemon acts on the kind (docs/greylisting.md,
+/// "Faults").
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OpenError {
+    /// The *content* is bad (not a redb file, damaged, truncated, a file format this version
+    /// cannot read, a table of another type, redb panicking on it): moving the file aside and
+    /// starting afresh fixes it.
+    Corrupt(String),
+    /// Another process holds the file (or, for a moment during a reopen, our own reader).
+    InUse(String),
+    /// A problem of the machine that goes away by itself or by an admin's hand while the
+    /// daemon runs (disk full, quota, I/O error, the file gone from an unmounted file
+    /// system): the daemon runs with the store closed, failing open, and retries.
+    Transient(String),
+    /// A configuration or operations problem that neither retrying nor a fresh file fixes
+    /// (not writable, ...): the daemon refuses to start with the reason.
+    Refuse(String),
+}
+
+impl From<OpenError> for StoreError {
+    fn from(e: OpenError) -> StoreError {
+        match e {
+            OpenError::Corrupt(m) => StoreError::Corrupt(m),
+            OpenError::InUse(m) | OpenError::Transient(m) | OpenError::Refuse(m) => {
+                StoreError::Unavailable(m)
+            }
+        }
+    }
+}
+
+/// Classifies an error met while opening the file (see [`OpenError`]).
+fn open_error(path: &Path, e: impl Into<redb::Error>) -> OpenError {
+    use std::io::ErrorKind;
     let p = path.display();
-    match e {
-        DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+    let corrupt = |why: String| {
+        OpenError::Corrupt(format!(
+            "{p}: not a greylist database or corrupt ({why}); {CORRUPT_HINT}"
+        ))
+    };
+    match e.into() {
+        redb::Error::DatabaseAlreadyOpen => OpenError::InUse(format!(
             "{p}: in use by another process (is mxsentry already running with this file? \
              stop it first, or use the Redis store to administer a live greylist)"
         )),
-        DatabaseError::RepairAborted => {
-            StoreError::Unavailable(format!("{p}: repair of the database was aborted"))
-        }
-        DatabaseError::UpgradeRequired(v) => StoreError::Corrupt(format!(
-            "{p}: written in redb file format {v}, which this version cannot open; \
-             move it away (greylisting starts afresh)"
+        redb::Error::UpgradeRequired(v) => OpenError::Corrupt(format!(
+            "{p}: written in redb file format {v}, which this version cannot open; {CORRUPT_HINT}"
         )),
-        DatabaseError::Storage(StorageError::Io(e))
+        redb::Error::Io(e)
             if matches!(
                 e.kind(),
-                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
             ) =>
         {
-            StoreError::Unavailable(format!(
+            OpenError::Refuse(format!(
                 "{p}: not writable ({e}); the file and its directory must be writable by \
                  the mxsentry user"
             ))
         }
-        DatabaseError::Storage(StorageError::Io(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-            ) =>
+        // redb's own checks of the header report these: a short or foreign file.
+        redb::Error::Io(e)
+            if matches!(e.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof) =>
         {
-            StoreError::Corrupt(format!(
-                "{p}: not a greylist database or corrupt ({e}); move it away (greylisting \
-                 starts afresh)"
-            ))
+            corrupt(e.to_string())
         }
-        DatabaseError::Storage(StorageError::Corrupted(m)) => StoreError::Corrupt(format!(
-            "{p}: not a greylist database or corrupt ({m}); move it away (greylisting starts \
-             afresh)"
-        )),
-        DatabaseError::Storage(e) => io_err(path, "cannot create or open", e),
-        e => io_err(path, "cannot create or open", e),
+        redb::Error::Corrupted(m) => corrupt(m),
+        e @ (redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TypeDefinitionChanged { .. }) => {
+            corrupt(format!("not written by mxsentry: {e}"))
+        }
+        // ENOSPC, EDQUOT, EIO; ENOENT only on a reopen (never create there).
+        redb::Error::Io(e)
+            if e.kind() == ErrorKind::NotFound
+                || matches!(e.raw_os_error(), Some(28 | 122 | 5)) =>
+        {
+            OpenError::Transient(format!("{p}: cannot open: {e}"))
+        }
+        redb::Error::PreviousIo => {
+            OpenError::Transient(format!("{p}: cannot open: an I/O error during repair"))
+        }
+        e => OpenError::Refuse(format!("{p}: cannot create or open: {e}")),
     }
 }
 
@@ -321,6 +518,143 @@ fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
     }
 }
 
+/// Opens the database file and creates the table, which also proves the file writable now
+/// rather than at the first commit. A panic inside redb is [`OpenError::Corrupt`]: redb only
+/// panics on content it did not expect (measured: a file truncated anywhere past its first
+/// 512 bytes trips an assertion instead of an error).
+///
+/// `create`: create the file if it is missing (at start, or on a reopen when there was no file
+/// at start). Otherwise a missing file is [`OpenError::Transient`]: the file system is
+/// probably not mounted (an admin repairing it), and creating a file in the bare mount point
+/// would split the store in two. `compact`: compact a bloated file (at start only).
+fn open_database(
+    path: &Path,
+    cache_bytes: usize,
+    create: bool,
+    compact: bool,
+) -> Result<Database, OpenError> {
+    let fresh = create && !path.exists();
+    let opened = catch_panic(|| {
+        let mut b = Database::builder();
+        b.set_cache_size(cache_bytes);
+        b.set_repair_callback(|_| {
+            tracing::warn!("greylist database was not closed cleanly: repairing");
+        });
+        let mut db =
+            if create { b.create(path) } else { b.open(path) }.map_err(|e| open_error(path, e))?;
+        if compact {
+            compact_if_bloated(&mut db, path);
+        }
+        let mut tx = db.begin_write().map_err(|e| open_error(path, e))?;
+        tx.set_durability(Durability::Immediate);
+        tx.set_quick_repair(true);
+        tx.open_table(TABLE).map_err(|e| open_error(path, e))?;
+        tx.commit().map_err(|e| open_error(path, e))?;
+        Ok(db)
+    });
+    let result = opened.unwrap_or_else(|what| {
+        Err(OpenError::Corrupt(format!(
+            "{}: not a greylist database or corrupt (the database library gave up: {what}); \
+             {CORRUPT_HINT}",
+            path.display(),
+        )))
+    });
+    if fresh && result.is_err() {
+        // A file this call created but could not finish (disk full): the next attempt must
+        // create it again, not find a half-written file and take it for a damaged one.
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// `YYYYMMDDTHHMMSSZ` (UTC) for `unix` seconds.
+fn utc_stamp(unix: u64) -> String {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
+}
+
+/// A free name beside `path` for an unreadable file: `<path>.corrupt-<UTC time>` (then `-2`,
+/// `-3`, ... should that exist already).
+fn aside_path(path: &Path, unix: u64) -> PathBuf {
+    let base = format!("{}.corrupt-{}", path.display(), utc_stamp(unix));
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 2;
+    while candidate.symlink_metadata().is_ok() {
+        candidate = PathBuf::from(format!("{base}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// An unreadable file moved aside (at start, or when a reopen finds it damaged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedAside {
+    /// The configured path (now a fresh, empty store).
+    pub path: PathBuf,
+    /// Where the unreadable file is now (its bytes untouched).
+    pub moved_to: PathBuf,
+    /// Why it could not be opened.
+    pub reason: String,
+}
+
+/// Renames the unreadable file at `path` to a `.corrupt-<UTC time>` name beside it.
+fn move_aside(path: &Path, reason: &str) -> Result<MovedAside, StoreError> {
+    // The hint is for the admin commands; the daemon's log says what it did instead.
+    let reason = reason
+        .strip_suffix(CORRUPT_HINT)
+        .map_or(reason, |r| r.trim_end_matches("; "))
+        .to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let moved_to = aside_path(path, now);
+    std::fs::rename(path, &moved_to).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "{reason}; and it cannot be moved aside to {}: {e}",
+            moved_to.display()
+        ))
+    })?;
+    // The rename must outlive a crash, or the next start would meet the bad file again
+    // (harmless, but confusing): sync the directory. A failure here costs nothing else.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(MovedAside {
+        path: path.to_path_buf(),
+        moved_to,
+        reason,
+    })
+}
+
+/// How [`EmbeddedStore::open_for_daemon`] got its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The file opened (or was created).
+    Fine,
+    /// The file was unreadable: it was moved aside and a fresh store created.
+    MovedAside(MovedAside),
+    /// The file cannot be opened now (disk full, I/O error): the store runs closed, every
+    /// call fails (greylisting fails open), and it is reopened every commit interval.
+    Closed { reason: String },
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the database at `path` and starts the committer thread. The parent
     /// directory must exist. Errors name the path and the reason: missing directory, not
@@ -330,7 +664,13 @@ impl EmbeddedStore {
     /// `commit_interval`: how often pending updates are committed durably (`0`: before each
     /// update returns).
     pub fn open(path: &Path, commit_interval: Duration) -> Result<EmbeddedStore, StoreError> {
-        Self::open_with_cache_size(path, commit_interval, CACHE_BYTES)
+        Self::open_with(
+            path,
+            Options {
+                commit_interval,
+                ..Options::default()
+            },
+        )
     }
 
     /// [`EmbeddedStore::open`] with another page cache size than the default 32 MiB (bytes;
@@ -340,63 +680,89 @@ impl EmbeddedStore {
         commit_interval: Duration,
         cache_bytes: usize,
     ) -> Result<EmbeddedStore, StoreError> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if !dir.is_dir() {
-            return Err(StoreError::Unavailable(format!(
-                "{}: directory {} does not exist",
-                path.display(),
-                dir.display()
-            )));
-        }
-        if path.is_dir() {
-            return Err(StoreError::Unavailable(format!(
-                "{}: is a directory, not a database file",
-                path.display()
-            )));
-        }
-        // redb reports bad files as errors; a panic on some unforeseen byte pattern must not
-        // take the daemon down with a backtrace instead of a message either.
-        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut b = Database::builder();
-            b.set_cache_size(cache_bytes);
-            b.set_repair_callback(|_| {
-                tracing::warn!("greylist database was not closed cleanly: repairing");
-            });
-            b.create(path)
-        }));
-        let mut db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(open_error(path, e)),
-            Err(_) => {
-                return Err(StoreError::Corrupt(format!(
-                    "{}: not a greylist database or corrupt (the database library gave up); \
-                     move it away (greylisting starts afresh)",
-                    path.display()
-                )))
-            }
-        };
-        compact_if_bloated(&mut db, path);
-        // Create the table (and prove the file is writable) now, not at the first commit.
-        let mut tx = db.begin_write().map_err(|e| db_err(path, e))?;
-        tx.set_durability(Durability::Immediate);
-        tx.set_quick_repair(true);
-        tx.open_table(TABLE).map_err(|e| db_err(path, e))?;
-        tx.commit().map_err(|e| db_err(path, e))?;
+        Self::open_with(
+            path,
+            Options {
+                commit_interval,
+                cache_bytes,
+                ..Options::default()
+            },
+        )
+    }
 
-        let (state, _) = watch::channel(CommitState::default());
+    /// Opens (or creates) the database at `path` with `options`; see [`EmbeddedStore::open`].
+    /// For the admin commands and tests: any failure is an error, and nothing is renamed.
+    pub fn open_with(path: &Path, options: Options) -> Result<EmbeddedStore, StoreError> {
+        check_location(path)?;
+        let db = open_database(path, options.cache_bytes, true, true)?;
+        Self::start(path, options, Some(db), false)
+    }
+
+    /// For the daemon's start. Greylist state is a cache of delays, not mail: a daemon that
+    /// refused to start over it would make the MTA refuse all mail (`milter_default_action =
+    /// tempfail`). So:
+    /// * a file whose content is bad is renamed to `<path>.corrupt-<UTC time>` and a fresh
+    ///   store is created in its place ([`Opened::MovedAside`]);
+    /// * a file that cannot be opened *now* (disk full, quota, I/O error) leaves the store
+    ///   closed and retried every commit interval ([`Opened::Closed`]; greylisting fails open);
+    /// * configuration and operations problems are errors, as they are: in use by another
+    ///   process, not writable (permission, read-only file system), missing directory, a
+    ///   directory or other non-regular file. Renaming would not fix them, and starting would
+    ///   hide them.
+    pub fn open_for_daemon(
+        path: &Path,
+        options: Options,
+    ) -> Result<(EmbeddedStore, Opened), StoreError> {
+        check_location(path)?;
+        let existed = path.exists();
+        match open_database(path, options.cache_bytes, true, true) {
+            Ok(db) => Ok((Self::start(path, options, Some(db), false)?, Opened::Fine)),
+            Err(OpenError::Corrupt(reason)) => {
+                let moved = move_aside(path, &reason)?;
+                let db = open_database(path, options.cache_bytes, true, false).map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "{} (after moving the unreadable file aside to {})",
+                        StoreError::from(e),
+                        moved.moved_to.display()
+                    ))
+                })?;
+                let store = Self::start(path, options, Some(db), false)?;
+                Ok((store, Opened::MovedAside(moved)))
+            }
+            Err(OpenError::Transient(reason)) => {
+                let store = Self::start(path, options, None, !existed)?;
+                lock(&store.shared.failures).note(Instant::now());
+                Ok((store, Opened::Closed { reason }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts the threads on an open database (`None`: closed, to be reopened).
+    fn start(
+        path: &Path,
+        options: Options,
+        db: Option<Database>,
+        may_create: bool,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let (state, _) = watch::channel(CommitState {
+            error: db.is_none().then(|| "not open yet".to_owned()),
+            ..CommitState::default()
+        });
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(db.map(Arc::new)),
             path: path.to_path_buf(),
+            may_create: may_create.into(),
+            cache_bytes: options.cache_bytes,
+            max_uncommitted: options.max_uncommitted.max(1),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
             seq: AtomicU64::new(0),
-            commit_interval,
+            commit_interval: options.commit_interval,
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
             state,
+            failures: Mutex::new(Failures::default()),
         });
         let s = shared.clone();
         let committer = std::thread::Builder::new()
@@ -451,12 +817,14 @@ impl EmbeddedStore {
     /// copy-on-write pages leave the file up to ~4x the size of the live entries after heavy
     /// churn; this rewrites it compactly. For an admin command (`mxsentry greylist compact`).
     pub fn compact(path: &Path) -> Result<bool, StoreError> {
-        let mut db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .open(path)
-            .map_err(|e| open_error(path, e))?;
-        db.compact()
-            .map_err(|e| io_err(path, "compaction failed", e))
+        guarded(path, || {
+            let mut db = Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .open(path)
+                .map_err(|e| StoreError::from(open_error(path, e)))?;
+            db.compact()
+                .map_err(|e| io_err(path, "compaction failed", e))
+        })
     }
 
     /// The database file.
@@ -515,6 +883,37 @@ impl EmbeddedStore {
         }
     }
 
+    /// Bounds the overlay: below `max_uncommitted` writes waiting for the disk, at once; at
+    /// the bound, waits for a commit while commits succeed (the disk is only slow; the
+    /// greylist deadline bounds the wait), and refuses at once while they fail (the disk is
+    /// full or read-only: waiting would only make every session slow).
+    async fn admit_write(&self) -> Result<(), StoreError> {
+        let shared = &*self.shared;
+        let mut rx = shared.state.subscribe();
+        loop {
+            let (durable, error) = {
+                let st = rx.borrow_and_update();
+                (st.durable, st.error.clone())
+            };
+            let waiting = shared.seq.load(Ordering::SeqCst).saturating_sub(durable);
+            if waiting < shared.max_uncommitted {
+                return Ok(());
+            }
+            if let Some(error) = error {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: {waiting} writes wait for a commit and commits fail ({error}); \
+                     not recording more until one succeeds",
+                    shared.path.display()
+                )));
+            }
+            lock(&shared.control).flush = true;
+            shared.wake.notify_all();
+            rx.changed()
+                .await
+                .map_err(|_| StoreError::Unavailable("greylist committer stopped".into()))?;
+        }
+    }
+
     /// Reads `key` (overlay, else redb) and runs `apply` on the shard with the current value,
     /// atomically with respect to every other overlay change of the key.
     async fn read_then_apply<R>(
@@ -549,6 +948,68 @@ impl EmbeddedStore {
 impl Shared {
     fn shard(&self, key: &str) -> &Mutex<Shard> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// The open database, or an error while it is closed after an I/O error.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "{}: closed after a failed commit, reopening every commit interval",
+                    self.path.display()
+                ))
+            })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+
+    /// Closes the database (redb refuses every operation after an I/O error until it is
+    /// reopened). Closing releases the file: an admin can then unmount and repair its file
+    /// system while the daemon runs.
+    fn close(&self) {
+        let old = self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        drop(old);
+    }
+
+    /// Opens the file again by path (committer thread only). The store's own readers may hold
+    /// the old database for the rest of a batch: its file lock goes with the last of them.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        loop {
+            let create = self.may_create.load(Ordering::Relaxed) && !self.path.exists();
+            match open_database(&self.path, self.cache_bytes, create, false) {
+                Ok(db) => {
+                    self.may_create.store(false, Ordering::Relaxed);
+                    *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+                    tracing::debug!(path = %self.path.display(), "greylist database reopened");
+                    return Ok(());
+                }
+                Err(OpenError::InUse(_)) if started.elapsed() < REOPEN_WAIT => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(OpenError::Corrupt(reason)) => {
+                    // Damaged while closed (a crash of the disk, an fsck that truncated it):
+                    // what the daemon does at start, for the same reason.
+                    let moved = move_aside(&self.path, &reason)?;
+                    crate::metrics::metrics().greylist_store_recovered();
+                    tracing::error!(
+                        path = %moved.path.display(),
+                        moved_to = %moved.moved_to.display(),
+                        reason = %moved.reason,
+                        "greylist store unreadable: moved aside, starting with an empty store"
+                    );
+                    let db = open_database(&self.path, self.cache_bytes, true, false)?;
+                    *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Reads `key` from the file. `lenient`: an undecodable value counts as absent (it is
@@ -595,8 +1056,12 @@ impl Shared {
     fn commit(&self) {
         let upto = self.seq.load(Ordering::SeqCst);
         if upto <= self.state.borrow().durable {
+            self.reopen_if_closed();
             return;
         }
+        // Before the swap: the logged duration then covers every write the commit holds
+        // (the kill -9 test checks durability against the logged commits).
+        let started = Instant::now();
         let mut batches: Vec<(usize, Arc<Overlay>)> = Vec::new();
         for (i, shard) in self.shards.iter().enumerate() {
             let mut s = lock(shard);
@@ -606,10 +1071,11 @@ impl Shared {
                 batches.push((i, batch));
             }
         }
-        let started = Instant::now();
         let count: usize = batches.iter().map(|(_, b)| b.len()).sum();
         let result = if batches.is_empty() {
             Ok(())
+        } else if self.is_closed() {
+            self.reopen().and_then(|()| self.write_batches(&batches))
         } else {
             self.write_batches(&batches)
         };
@@ -626,22 +1092,64 @@ impl Shared {
         }
         match result {
             Ok(()) => {
-                tracing::trace!(
+                tracing::debug!(
                     entries = count,
                     ms = started.elapsed().as_secs_f64() * 1e3,
                     "greylist commit"
                 );
+                let mut f = lock(&self.failures);
+                if f.attempts > 0 {
+                    tracing::info!(
+                        path = %self.path.display(),
+                        failed_attempts = f.attempts,
+                        secs = f.since.map_or(0, |t| t.elapsed().as_secs()),
+                        entries = count,
+                        "greylist commits succeed again"
+                    );
+                    *f = Failures::default();
+                }
+                drop(f);
                 self.state.send_modify(|st| {
                     st.durable = st.durable.max(upto);
                     st.error = None;
                 });
             }
             Err(e) => {
-                tracing::error!(error = %e, entries = count, "greylist commit failed; will retry");
+                self.commit_failed(&e, count);
                 self.state.send_modify(|st| {
                     st.failed = st.failed.max(upto);
                     st.error = Some(e.to_string());
                 });
+            }
+        }
+    }
+
+    /// Counts and logs a failed commit (the first of a run, then once a minute), and closes
+    /// the database so that the next attempt starts from a fresh open.
+    fn commit_failed(&self, e: &StoreError, entries: usize) {
+        crate::metrics::metrics().greylist_error("embedded");
+        let mut f = lock(&self.failures);
+        if f.note(Instant::now()) {
+            tracing::error!(
+                path = %self.path.display(),
+                error = %e,
+                entries,
+                failed_attempts = f.attempts,
+                "greylist commit failed; changes stay in memory and the commit is retried every \
+                 commit interval"
+            );
+        }
+        drop(f);
+        self.close();
+    }
+
+    /// Reopens a database closed by a failed commit when there is nothing to commit (reads
+    /// need it too). Committer thread only.
+    fn reopen_if_closed(&self) {
+        if self.is_closed() {
+            // A success is logged with the next successful commit.
+            if let Err(e) = self.reopen() {
+                self.commit_failed(&e, 0);
             }
         }
     }
@@ -653,8 +1161,17 @@ impl Shared {
             .collect();
         // Key order: each leaf page is copied once and the tree is walked sequentially.
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let db = self.db()?;
+        guarded(&self.path, || self.write_sorted(&db, all))
+    }
+
+    fn write_sorted(
+        &self,
+        db: &Database,
+        all: Vec<(&str, &Option<Entry>)>,
+    ) -> Result<(), StoreError> {
         let e = |e| db_err(&self.path, e);
-        let mut tx = self.db.begin_write().map_err(e)?;
+        let mut tx = db.begin_write().map_err(e)?;
         tx.set_durability(Durability::Immediate);
         tx.set_quick_repair(true);
         {
@@ -687,7 +1204,8 @@ impl Shared {
                 .collect();
             let last_batch = next.is_none();
             if !doomed.is_empty() || last_batch {
-                let mut tx = self.db.begin_write().map_err(|e| db_err(&self.path, e))?;
+                let db = self.db()?;
+                let mut tx = db.begin_write().map_err(|e| db_err(&self.path, e))?;
                 if last_batch {
                     // Makes this and the earlier non-durable purge batches durable.
                     tx.set_durability(Durability::Immediate);
@@ -731,7 +1249,7 @@ impl Shared {
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
         use std::ops::Bound;
         let e = |e| db_err(&self.path, e);
-        let tx = self.db.begin_read().map_err(e)?;
+        let tx = self.db()?.begin_read().map_err(e)?;
         let table = tx.open_table(TABLE).map_err(|x| db_err(&self.path, x))?;
         let lower = match cursor {
             Some(c) => Bound::Excluded(c),
@@ -768,18 +1286,22 @@ fn reader(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Read
                 Err(_) => break,
             }
         }
-        let table = shared
-            .db
-            .begin_read()
-            .map_err(|e| db_err(&shared.path, e))
-            .and_then(|tx| tx.open_table(TABLE).map_err(|e| db_err(&shared.path, e)));
+        let path = &shared.path;
+        let table = shared.db().and_then(|db| {
+            guarded(path, || {
+                let tx = db.begin_read().map_err(|e| db_err(path, e))?;
+                tx.open_table(TABLE).map_err(|e| db_err(path, e))
+            })
+        });
         for req in batch.drain(..) {
             let result = match &table {
-                Ok(t) => shared.read_table(t, &req.key, req.lenient),
+                Ok(t) => guarded(path, || shared.read_table(t, &req.key, req.lenient)),
                 Err(e) => Err(e.clone()),
             };
             let _ = req.reply.send(result);
         }
+        // Let go of the database before waiting: a reopen waits for its file lock.
+        drop(table);
     }
 }
 
@@ -795,7 +1317,19 @@ fn committer(shared: Arc<Shared>) {
                     break;
                 }
                 if interval.is_zero() {
-                    c = shared.wake.wait(c).unwrap_or_else(|p| p.into_inner());
+                    if !shared.is_closed() {
+                        c = shared.wake.wait(c).unwrap_or_else(|p| p.into_inner());
+                        continue;
+                    }
+                    // Closed after a failed commit: try to reopen once a second.
+                    let (guard, waited) = shared
+                        .wake
+                        .wait_timeout(c, Duration::from_secs(1))
+                        .unwrap_or_else(|p| p.into_inner());
+                    c = guard;
+                    if waited.timed_out() {
+                        break;
+                    }
                     continue;
                 }
                 let due = last_commit + interval;
@@ -820,7 +1354,7 @@ fn committer(shared: Arc<Shared>) {
             last_commit = Instant::now();
         }
         for (now, reply) in purges {
-            let r = shared.purge(now, &mut last_commit);
+            let r = guarded(&shared.path, || shared.purge(now, &mut last_commit));
             let _ = reply.send(r);
         }
         if shutdown {
@@ -844,6 +1378,7 @@ impl GreylistStore for EmbeddedStore {
     }
 
     async fn update(&self, key: &str, f: &UpdateFn<'_>) -> Result<Option<Entry>, StoreError> {
+        self.admit_write().await?;
         let (old, seq) = self
             .read_then_apply(key, |shared, s, old| {
                 let seq = match f(old) {
@@ -857,8 +1392,6 @@ impl GreylistStore for EmbeddedStore {
         if let Some(seq) = seq {
             if self.shared.commit_interval.is_zero() {
                 self.wait_durable(seq).await?;
-            } else if seq > self.shared.state.borrow().durable + MAX_UNCOMMITTED {
-                self.wait_durable(seq - MAX_UNCOMMITTED).await?;
             }
         }
         Ok(old)
@@ -894,7 +1427,7 @@ impl GreylistStore for EmbeddedStore {
                     }
                 }
             }
-            let tx = s.db.begin_read().map_err(|e| db_err(&s.path, e))?;
+            let tx = s.db()?.begin_read().map_err(|e| db_err(&s.path, e))?;
             let table = tx.open_table(TABLE).map_err(|e| db_err(&s.path, e))?;
             let mut out: std::collections::BTreeMap<String, Entry> = Default::default();
             for item in table
@@ -941,7 +1474,7 @@ impl GreylistStore for EmbeddedStore {
     async fn len(&self) -> Result<u64, StoreError> {
         let s = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let tx = s.db.begin_read().map_err(|e| db_err(&s.path, e))?;
+            let tx = s.db()?.begin_read().map_err(|e| db_err(&s.path, e))?;
             let table = tx.open_table(TABLE).map_err(|e| db_err(&s.path, e))?;
             table.len().map_err(|e| db_err(&s.path, e))
         })

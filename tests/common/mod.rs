@@ -2,6 +2,7 @@
 //! small blocking milter client that plays the MTA side as Postfix does.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod redis_server;
 
 use std::io::{Read, Write};
@@ -26,12 +27,15 @@ client66.example A 192.0.2.66
 ";
 
 /// How a test daemon is started, beyond its configuration.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Options {
     /// `RUST_LOG` for the daemon (default `mxsentry=debug`; a long soak wants `mxsentry=warn`).
     pub log_filter: &'static str,
     /// Start it under `prlimit --nofile=N:N` (its open file limit, soft and hard).
     pub nofile: Option<u64>,
+    /// Its embedded greylist store here (e.g. on a file system a fault test controls) instead
+    /// of in its own directory.
+    pub greylist_path: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -39,11 +43,12 @@ impl Default for Options {
         Options {
             log_filter: "mxsentry=debug",
             nofile: None,
+            greylist_path: None,
         }
     }
 }
 
-fn spawn_daemon(config_path: &Path, log_path: &Path, opts: Options) -> Child {
+fn spawn_daemon(config_path: &Path, log_path: &Path, opts: &Options) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -106,6 +111,16 @@ impl Daemon {
         Daemon::start_full(access, extra, TEST_ZONE, opts)
     }
 
+    /// Starts the daemon with its embedded greylist store at `greylist_path` (e.g. on a file
+    /// system a fault test controls) instead of in its own directory.
+    pub fn start_with_store_at(extra: &str, greylist_path: &Path) -> Daemon {
+        let opts = Options {
+            greylist_path: Some(greylist_path.to_path_buf()),
+            ..Options::default()
+        };
+        Daemon::start_full("", extra, TEST_ZONE, opts)
+    }
+
     fn start_full(access: &str, extra: &str, zone: &str, opts: Options) -> Daemon {
         let dns = mxsentry::testing::dns_server::TestDnsServer::start_in_thread(zone).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -126,10 +141,11 @@ impl Daemon {
             )
         };
         // ... and so may [greylist]: its store file goes into the test's directory.
-        let db = format!(
-            "[greylist]\npath = \"{}\"\n",
-            dir.path().join("greylist.db").display()
-        );
+        let db_path = opts
+            .greylist_path
+            .clone()
+            .unwrap_or_else(|| dir.path().join("greylist.db"));
+        let db = format!("[greylist]\npath = \"{}\"\n", db_path.display());
         let (extra, greylist_section) = if extra.contains("[greylist]\n") {
             (extra.replace("[greylist]\n", &db), String::new())
         } else {
@@ -150,8 +166,8 @@ impl Daemon {
         );
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("mxsentry.log");
-        let child = spawn_daemon(&config_path, &log_path, opts);
-        let d = Daemon {
+        let child = spawn_daemon(&config_path, &log_path, &opts);
+        let mut d = Daemon {
             dns,
             metrics_port,
             child,
@@ -166,9 +182,18 @@ impl Daemon {
         d
     }
 
-    fn wait_listening(&self) {
+    /// Waits until the milter port and the metrics endpoint (bound just after it) accept
+    /// connections; fails at once, with the log, if the daemon exits instead.
+    fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let up = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
+        while !(up(self.port) && up(self.metrics_port)) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "daemon exited with {status} instead of listening: {}",
+                    self.log()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "daemon did not listen: {}",
@@ -180,7 +205,7 @@ impl Daemon {
 
     /// Starts the daemon again after it exited.
     pub fn restart_stopped(&mut self) {
-        self.child = spawn_daemon(&self.config_path, &self.log_path, self.opts);
+        self.child = spawn_daemon(&self.config_path, &self.log_path, &self.opts);
         self.wait_listening();
     }
 
@@ -189,7 +214,7 @@ impl Daemon {
         self.signal("TERM");
         let status = self.wait_exit(Duration::from_secs(30)).expect("exited");
         assert!(status.success(), "exit status {status:?}: {}", self.log());
-        self.child = spawn_daemon(&self.config_path, &self.log_path, self.opts);
+        self.child = spawn_daemon(&self.config_path, &self.log_path, &self.opts);
         self.wait_listening();
     }
 
@@ -243,13 +268,7 @@ impl Daemon {
     /// The value of one sample of `/metrics`, e.g. `mxsentry_connections_open` or
     /// `mxsentry_connections_overflow_total{action="tempfail"}`; panics if it is absent.
     pub fn metric(&self, series: &str) -> f64 {
-        let (_, body) = self.http_get("/metrics");
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse().ok())
-            })
+        self.try_metric(series)
             .unwrap_or_else(|| panic!("no sample {series} in /metrics"))
     }
 
@@ -297,6 +316,25 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `kill -9`: no flush, no cleanup. Start it again with [`Daemon::restart_stopped`].
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The value of one series of `/metrics`, written as it appears there
+    /// (`mxsentry_greylist_errors_total{backend="embedded"}`); None when absent.
+    pub fn try_metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics");
+        body.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -568,6 +606,29 @@ pub fn closed_by_peer(stream: &mut impl Read) -> bool {
     }
 }
 
+impl Client {
+    /// Like [`Client::send`], but a connection failure is `None` instead of a panic.
+    fn try_send(&mut self, cmd: &Command) -> Option<()> {
+        let mut buf = BytesMut::new();
+        encode_command(cmd, &mut buf);
+        self.stream.write_all(&buf).ok()
+    }
+
+    /// Like [`Client::stage`] without panicking: `None` when the connection failed,
+    /// `Some(None)` when the stage gets no reply.
+    fn try_stage(&mut self, cmd: Command, skip_flag: u32, nr_flag: u32) -> Option<Option<Reply>> {
+        if self.protocol & skip_flag != 0 {
+            return Some(None);
+        }
+        self.try_send(&cmd)?;
+        if self.wants_reply(nr_flag) {
+            Some(Some(self.recv()?))
+        } else {
+            Some(None)
+        }
+    }
+}
+
 /// A MACRO command for `stage` (a command byte such as `b'C'`).
 pub fn macro_command(stage: u8, pairs: &[(&str, &str)]) -> Command {
     let pairs: Vec<(&[u8], &[u8])> = pairs
@@ -578,6 +639,82 @@ pub fn macro_command(stage: u8, pairs: &[(&str, &str)]) -> Command {
         stage,
         pairs: MacroPairs::from_pairs(&pairs),
     }
+}
+
+/// One session from 192.0.2.10 (client.example) up to the RCPT reply, then QUIT, for fault
+/// tests: `None` when the daemon is gone or the connection fails (never a panic, so load
+/// threads survive a `kill -9`). Each call is a fresh connection, as Postfix makes per session.
+pub fn try_rcpt(port: u16, from: &str, rcpt: &str) -> Option<Reply> {
+    try_rcpt_timed(port, from, rcpt).map(|(r, _)| r)
+}
+
+/// [`try_rcpt`] with the time from sending RCPT to its reply (how long the MTA waits for
+/// the verdict).
+pub fn try_rcpt_timed(port: u16, from: &str, rcpt: &str) -> Option<(Reply, Duration)> {
+    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    // Frames without a reply (macros) are followed at once by the next: without this, Nagle
+    // and the peer's delayed ACK would add ~40 ms to a session.
+    s.set_nodelay(true).ok()?;
+    let mut c = Client::over(Box::new(s));
+    c.try_send(&Command::OptNeg {
+        version: 6,
+        actions: 0x1ff,
+        protocol: 0x001f_ffff,
+    })?;
+    let Reply::OptNeg {
+        protocol, actions, ..
+    } = c.recv()?
+    else {
+        return None;
+    };
+    c.protocol = protocol;
+    c.actions = actions;
+    let mut pairs = Vec::new();
+    for (k, v) in [("j", "mx.example.org"), ("{daemon_name}", "test")] {
+        pairs.extend_from_slice(k.as_bytes());
+        pairs.push(0);
+        pairs.extend_from_slice(v.as_bytes());
+        pairs.push(0);
+    }
+    c.try_send(&Command::Macro {
+        stage: b'C',
+        pairs: MacroPairs::from_wire(Bytes::from(pairs))?,
+    })?;
+    let ip: IpAddr = "192.0.2.10".parse().ok()?;
+    c.try_stage(
+        Command::Connect {
+            hostname: Bytes::from_static(b"client.example"),
+            address: ClientAddress::Inet { ip, port: 40000 },
+        },
+        flags::SMFIP_NOCONNECT,
+        flags::SMFIP_NR_CONN,
+    )?;
+    c.try_stage(
+        Command::Helo {
+            name: Bytes::from_static(b"helo.example"),
+        },
+        flags::SMFIP_NOHELO,
+        flags::SMFIP_NR_HELO,
+    )?;
+    c.try_stage(
+        Command::Mail {
+            args: NulStrings::from_items(&[format!("<{from}>").as_bytes()]),
+        },
+        flags::SMFIP_NOMAIL,
+        flags::SMFIP_NR_MAIL,
+    )?;
+    let sent = Instant::now();
+    let reply = c.try_stage(
+        Command::Rcpt {
+            args: NulStrings::from_items(&[format!("<{rcpt}>").as_bytes()]),
+        },
+        flags::SMFIP_NORCPT,
+        flags::SMFIP_NR_RCPT,
+    )??;
+    let waited = sent.elapsed();
+    let _ = c.try_send(&Command::Quit);
+    Some((reply, waited))
 }
 
 /// The reply text of a REPLYCODE, for assertions.

@@ -35,9 +35,14 @@ fn redis_server_binary() -> PathBuf {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    /// Starts on a given port (e.g. one a daemon was configured with before Redis was up).
+    pub fn start_on(port: u16) -> RedisServer {
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().unwrap(),
         };
         server.spawn();

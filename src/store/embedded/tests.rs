@@ -4,6 +4,8 @@ use std::time::{Duration, Instant};
 
 use redb::ReadableTable;
 
+use std::path::PathBuf;
+
 use super::*;
 
 fn entry(n: u64) -> Entry {
@@ -232,6 +234,140 @@ fn corrupt_file_is_a_clear_error() {
         msg.contains(&path.display().to_string()) && msg.contains("corrupt"),
         "{msg}"
     );
+}
+
+/// A store with `n` committed entries, closed cleanly; its bytes.
+fn store_file(path: &Path, n: u64) -> Vec<u8> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = EmbeddedStore::open(path, Duration::from_secs(3600)).unwrap();
+        for i in 0..n {
+            s.put(&format!("t:{i:06}"), entry(i)).await.unwrap();
+        }
+        s.flush().await.unwrap();
+    });
+    std::fs::read(path).unwrap()
+}
+
+/// The `.corrupt-*` files beside `path`.
+fn moved_aside(path: &Path) -> Vec<PathBuf> {
+    let prefix = format!("{}.corrupt-", path.file_name().unwrap().to_string_lossy());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn unreadable_content_is_moved_aside_and_a_fresh_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("greylist.db");
+    let full = store_file(&path, 2_000);
+    // Truncated anywhere (redb panics past the first 512 bytes, errors before), or garbage.
+    let mut cases: Vec<(String, Vec<u8>)> = [1usize, 100, 4096, full.len() / 2, full.len() - 1]
+        .iter()
+        .map(|&n| (format!("truncated to {n}"), full[..n].to_vec()))
+        .collect();
+    cases.push(("garbage".into(), b"not a database\n".repeat(1000)));
+    for (what, bytes) in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        // The admin path reports and never renames.
+        let err = EmbeddedStore::open(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{what}: {err}");
+        assert!(moved_aside(&path).is_empty(), "{what}");
+
+        let (s, opened) = EmbeddedStore::open_for_daemon(&path, Options::default())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let Opened::MovedAside(moved) = opened else {
+            panic!("{what}: not moved aside: {opened:?}");
+        };
+        assert_eq!(moved.path, path);
+        assert!(moved.reason.contains("corrupt"), "{what}: {}", moved.reason);
+        let aside = moved_aside(&path);
+        assert_eq!(aside, vec![moved.moved_to.clone()], "{what}");
+        assert_eq!(std::fs::read(&moved.moved_to).unwrap(), bytes, "{what}");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            assert_eq!(s.get("t:000007").await.unwrap(), None, "{what}: fresh");
+            s.put("t:new", entry(1)).await.unwrap();
+            s.flush().await.unwrap();
+        });
+        drop(s);
+        std::fs::remove_file(&moved.moved_to).unwrap();
+    }
+}
+
+#[test]
+fn a_good_file_is_not_moved_and_operations_problems_are_not_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("greylist.db");
+    store_file(&path, 10);
+    let (s, opened) = EmbeddedStore::open_for_daemon(&path, Options::default()).unwrap();
+    assert_eq!(opened, Opened::Fine);
+    // In use by another opener: refused, not moved.
+    let err = EmbeddedStore::open_for_daemon(&path, Options::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    drop(s);
+    // A directory, a missing directory: refused, not moved.
+    let err = EmbeddedStore::open_for_daemon(dir.path(), Options::default()).unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    let err = EmbeddedStore::open_for_daemon(&dir.path().join("no/x.db"), Options::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(moved_aside(&path).is_empty());
+}
+
+#[test]
+fn aside_names_are_utc_and_unique() {
+    assert_eq!(utc_stamp(0), "19700101T000000Z");
+    assert_eq!(utc_stamp(1_796_424_633), "20261204T225033Z");
+    assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let first = aside_path(&path, 0);
+    assert_eq!(
+        first.file_name().unwrap().to_string_lossy(),
+        "g.db.corrupt-19700101T000000Z"
+    );
+    std::fs::write(&first, b"x").unwrap();
+    let second = aside_path(&path, 0);
+    assert_eq!(
+        second.file_name().unwrap().to_string_lossy(),
+        "g.db.corrupt-19700101T000000Z-2"
+    );
+}
+
+#[tokio::test]
+async fn lagging_commits_hold_writers_at_max_uncommitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("greylist.db");
+    // An hour between commits: only the bound makes the writers ask for one.
+    let options = Options {
+        commit_interval: Duration::from_secs(3600),
+        max_uncommitted: 10,
+        ..Options::default()
+    };
+    let s = EmbeddedStore::open_with(&path, options).unwrap();
+    let started = Instant::now();
+    for i in 0..35u64 {
+        s.put(&format!("t:{i:03}"), entry(i)).await.unwrap();
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    s.abandon(); // no final commit: what is on disk is what the bound forced out
+    let s = EmbeddedStore::open(&path, Duration::from_secs(3600)).unwrap();
+    let on_disk = s.list("t:", 100).await.unwrap().len();
+    assert!((25..=35).contains(&on_disk), "{on_disk} entries committed");
 }
 
 #[test]
