@@ -227,7 +227,13 @@ fn parse_name(s: &str) -> Result<String, String> {
         )),
         Some((local, domain)) => {
             let domain = domain.strip_suffix('.').unwrap_or(domain);
-            if !domain.starts_with('[') {
+            if domain.starts_with('[') {
+                // Unclosed, `user@[1.2..` lost a dot each time it was read back from its
+                // canonical form (found by fuzz/fuzz_targets/access.rs).
+                if !domain.ends_with(']') {
+                    return Err(format!("bad address literal `{domain}`"));
+                }
+            } else {
                 check_host(domain)?;
             }
             Ok(format!("{local}@{domain}"))
@@ -381,6 +387,8 @@ mod tests {
             ("From:a\0b@", "control character"),
             ("u\u{f}@example.com", "control character"),
             ("ex\u{7f}ample.com", "control character"),
+            ("x@[19250a2...", "bad address literal"),
+            ("From:x@[192.0.2.5", "bad address literal"),
         ];
         for (raw, want) in cases {
             let e = parse_key(raw).unwrap_err();
