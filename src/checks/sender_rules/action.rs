@@ -150,11 +150,17 @@ impl fmt::Display for Action {
             Action::Tempfail => f.write_str("TEMPFAIL"),
             Action::Skip => f.write_str("SKIP"),
             Action::Error(r) => {
-                f.write_str("ERROR:")?;
-                if let Some(e) = &r.enhanced {
-                    write!(f, "{e}:")?;
+                // `ERROR:5.7.1:"550 text"`, except for a text that starts with a status code
+                // itself: `ERROR:5.7.1:"550 4.2.2 x"` would read back as conflicting codes, so
+                // it is written `ERROR:"550 5.7.1 4.2.2 x"` (found by the access fuzz target).
+                let first = r.text.split([' ', '\t']).next().unwrap_or("");
+                match &r.enhanced {
+                    Some(e) if is_status_code(first) => {
+                        return write!(f, "ERROR:\"{} {e} {}\"", r.code, r.text);
+                    }
+                    Some(e) => write!(f, "ERROR:{e}:\"{}", r.code)?,
+                    None => write!(f, "ERROR:\"{}", r.code)?,
                 }
-                write!(f, "\"{}", r.code)?;
                 if !r.text.is_empty() {
                     write!(f, " {}", r.text)?;
                 }
@@ -420,6 +426,11 @@ mod tests {
             Action::parse("ERROR:550 text").unwrap().to_string(),
             "ERROR:\"550 text\""
         );
+        // A text that starts with a status code keeps the code inside the quotes, so the
+        // canonical form reads back as itself (found by fuzz/fuzz_targets/access.rs).
+        let a = Action::parse("ERROR:\"550 5.7.150 5.7.1 x y\"").unwrap();
+        assert_eq!(a.to_string(), "ERROR:\"550 5.7.150 5.7.1 x y\"");
+        assert_eq!(Action::parse(&a.to_string()), Ok(a));
     }
 
     fn action_strategy() -> impl Strategy<Value = Action> {
