@@ -208,6 +208,28 @@ impl ClientLookups {
         }
     }
 
+    /// Lookups whose answers are already known: for tests and the fuzz targets, which feed
+    /// the policy hostile DNS data (PTR names, TXT texts) without a DNS server.
+    pub fn from_results(
+        checks: Arc<DnsChecks>,
+        rdns: Option<RdnsResult>,
+        ip_lists: Vec<ZoneResult>,
+        allow_lists: Vec<ZoneResult>,
+        domain_lists: Vec<ZoneResult>,
+        helo_resolve: Option<HeloResolve>,
+    ) -> ClientLookups {
+        ClientLookups {
+            checks,
+            started: tokio::time::Instant::now(),
+            rdns: rdns.map(Pending::ready),
+            ip_lists: Pending::ready(ip_lists),
+            allow_lists: Pending::ready(allow_lists),
+            domain_lists: Some((String::new(), Pending::ready(domain_lists))),
+            helo_resolve: helo_resolve.map(|r| (String::new(), Pending::ready(r))),
+            mta_verified_name: None,
+        }
+    }
+
     /// Starts the HELO name lookup when configured (called at HELO).
     pub fn start_helo(&mut self, name: &str) {
         if !self.checks.helo_resolves || self.helo_resolve.as_ref().is_some_and(|(n, _)| n == name)

@@ -8,10 +8,13 @@
 #   5. bash tests/e2e/run.sh   (real Postfix, sendmail, miltertest, DNS on loopback; needs root and
 #      the packages of tests/testbed/install.sh -- .ci/run installs them)
 #   (4b. bash bench/smoke.sh: builds the load generator, 10 s protocol scenario, no thresholds)
+#   (4c. bash tests/deny.sh: cargo deny check, offline, against the vendored advisory database;
+#    4d. bash tests/fuzz.sh: every fuzz target for FUZZ_SECONDS (60) from fuzz/corpus, on
+#    stable; both need tests/tools-install.sh's cargo-deny and cargo-fuzz -- .ci/run runs it)
 #   6. bash tests/package.sh   (builds the .deb with cargo-deb, installs it, checks the installed
 #      check-config and the unit; needs root)
 # Knobs: SKIP_LINT=1 skips 1+2, SKIP_E2E=1 skips 5 (e.g. on a machine without the test bed),
-# SKIP_PACKAGE=1 skips 6.
+# SKIP_PACKAGE=1 skips 6, SKIP_DENY=1 skips 4c, SKIP_FUZZ=1 skips 4d (docs/security.md).
 # The last line printed is the e2e total, "N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +40,17 @@ cargo test --locked || die "cargo test failed"
 
 step "benchmark smoke (bench/smoke.sh: load generator, 10 s protocol scenario, no thresholds)"
 bash bench/smoke.sh || die "the benchmark smoke failed"
+
+# --- hostile input and supply chain (docs/security.md) ---
+if [ "${SKIP_DENY:-0}" != 1 ]; then
+  step "cargo deny (tests/deny.sh: advisories, licences, bans, sources)"
+  bash tests/deny.sh || die "cargo deny found problems (see above; docs/security.md)"
+fi
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+  step "bounded fuzz run (tests/fuzz.sh)"
+  bash tests/fuzz.sh || die "a fuzz target failed (see above; docs/security.md)"
+fi
+# --- end hostile input and supply chain ---
 
 if [ "${SKIP_E2E:-0}" != 1 ]; then
   step "end-to-end tests (tests/e2e/run.sh)"

@@ -1,7 +1,7 @@
 //! Arbitrary bytes through frame splitting and both decoders. Must never panic; whatever
 //! decodes must re-encode into something that decodes to the same value.
 //!
-//! Run with `cargo +nightly fuzz run decode` from the repository root.
+//! Run: `bash tests/fuzz.sh decode` (stable toolchain), or `cargo +nightly fuzz run decode`.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};

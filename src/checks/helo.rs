@@ -126,8 +126,13 @@ pub fn check(helo: &str, client_ip: Option<IpAddr>, milter: &MilterConfig) -> Op
 
 /// The address inside `[...]`: `192.0.2.1` or `IPv6:2001:db8::1` (tag case-insensitive).
 fn parse_literal(inner: &str) -> Option<IpAddr> {
-    if inner.len() > 5 && inner[..5].eq_ignore_ascii_case("ipv6:") {
-        return inner[5..].parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    // `get`: the HELO comes from the client and byte 5 may fall inside a character.
+    if let Some(v6) = inner
+        .get(..5)
+        .filter(|tag| tag.eq_ignore_ascii_case("ipv6:"))
+        .map(|_| &inner[5..])
+    {
+        return v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
     }
     // `std` accepts only strict dotted quads (no octal, no leading zeros, four parts).
     inner.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
@@ -459,6 +464,15 @@ mod tests {
             "[x-tag:whatever]",
             "[192.0.2.10]x",
         ] {
+            assert_eq!(chk(h, CLIENT), Some(HeloProblem::InvalidSyntax), "{h}");
+        }
+    }
+
+    #[test]
+    fn literal_with_a_multibyte_character_at_byte_5() {
+        // Found by fuzz/fuzz_targets/dns_reply.rs: `inner[..5]` panicked inside `ć`, so any
+        // SMTP client could crash the session with `EHLO [1234ć]`.
+        for h in ["[1\u{fffd}\u{fffd}]", "[1234ć]", "[ipv6ć:1]", "[ipv6:ć]"] {
             assert_eq!(chk(h, CLIENT), Some(HeloProblem::InvalidSyntax), "{h}");
         }
     }

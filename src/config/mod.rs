@@ -137,16 +137,30 @@ impl Config {
 
     /// Parses and checks configuration text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: e.span().map(|span| line_at(text, span.start)),
-            reason: e
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let mut reason = e
                 .message()
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .collect::<Vec<_>>()
-                .join(": "),
+                .join(": ");
+            if reason.is_empty() {
+                // toml says nothing about some characters it refuses (a NUL in a comment,
+                // found by fuzz/fuzz_targets/config.rs): the error must still say something.
+                reason = match e.span() {
+                    Some(span) => format!(
+                        "invalid TOML at column {} (a control character?)",
+                        column_at(text, span.start)
+                    ),
+                    None => "invalid TOML".into(),
+                };
+            }
+            ConfigError {
+                file: path.to_path_buf(),
+                line: e.span().map(|span| line_at(text, span.start)),
+                reason,
+            }
         })?;
         config.validate(text, path)?;
         Ok(config)
@@ -203,6 +217,16 @@ fn line_at(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
+}
+
+/// The 1-based column (in characters) of byte `offset` of `text`.
+fn column_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    let start = text.as_bytes()[..end]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    text.get(start..end).map_or(1, |s| s.chars().count() + 1)
 }
 
 /// The line of `key = ...` inside the `[section]` table, for checks that run after

@@ -698,3 +698,11 @@ fn overflow_and_negotiation_keys() {
         "longer than zero",
     );
 }
+
+#[test]
+fn a_nul_in_a_comment_gets_a_reason() {
+    // Found by fuzz/fuzz_targets/config.rs: toml's message for this is empty, which made
+    // `check-config` print "milter.toml:2: " and nothing else.
+    let e = error_at("[milter]\n# a\0b\n", 2, "invalid TOML at column 4");
+    assert!(!e.reason.is_empty());
+}

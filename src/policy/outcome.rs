@@ -1,6 +1,6 @@
 //! Combining findings' actions into one verdict, and the reply texts.
 
-use crate::checks::sender_rules::SmtpReply;
+use crate::checks::sender_rules::{SmtpReply, MAX_REPLY_LEN};
 use crate::config::Action as FindingAction;
 
 use super::Verdict;
@@ -66,8 +66,16 @@ impl Outcome {
 }
 
 pub(super) fn parse_reply(text: &str) -> SmtpReply {
-    // Config validation checked the templates; a substituted value can still break one (a
-    // control character in a TXT record, say): fall back to a plain reply of the same class.
+    // Config validation checked the templates, but not with their values substituted: a long
+    // PTR name or HELO can push a reply past SMTP's line length. Cut it there (the code and
+    // class are at the start) rather than lose the whole text.
+    let mut end = text.len().min(MAX_REPLY_LEN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &text[..end];
+    // A substituted value can still break a template (a control character in a TXT record,
+    // say): fall back to a plain reply of the same class.
     SmtpReply::parse(text).unwrap_or_else(|_| {
         let temporary = text.starts_with('4');
         default_reply(if temporary {

@@ -209,3 +209,16 @@ fn an_ok_is_answered_accept_only_when_no_recipient_rule_could_refuse_later() {
     );
     assert_eq!(d.verdict.name(), "reject");
 }
+
+#[test]
+fn rendered_replies_stay_one_smtp_line() {
+    // Found by fuzz/fuzz_targets/dns_reply.rs: a template of 490 characters plus a long PTR
+    // name, HELO or TXT text gave a reply longer than SMTP allows; it is cut, class kept.
+    let long = format!("550 5.7.1 {} {{helo}}", "x".repeat(470));
+    let r = outcome::render_helo(&long, &"h".repeat(100));
+    assert_eq!((r.code, r.enhanced.as_deref()), (550, Some("5.7.1")));
+    assert_eq!(r.to_string().len(), 510);
+    let r = outcome::parse_reply(&format!("451 {}", "é".repeat(300)));
+    assert_eq!(r.code, 451);
+    assert!(r.to_string().len() <= 510);
+}

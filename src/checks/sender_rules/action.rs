@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+/// Longest reply [`SmtpReply::parse`] accepts: RFC 5321's 512-octet reply line less CRLF.
+pub const MAX_REPLY_LEN: usize = 510;
+
 /// An SMTP error reply: `550 5.7.1 text` (the enhanced status code is optional).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpReply {
@@ -38,9 +41,11 @@ impl SmtpReply {
     }
 
     /// Parses `550 5.7.1 text` or `550 text`. The code must be a 4xx or 5xx error and the class
-    /// digit of an enhanced status code must equal the code's first digit.
+    /// digit of an enhanced status code must equal the code's first digit; the whole reply is
+    /// one line of at most [`MAX_REPLY_LEN`] octets.
     pub fn parse(s: &str) -> Result<SmtpReply, String> {
         let s = s.trim();
+        check_len(s)?;
         let digits = s.bytes().take_while(u8::is_ascii_digit).count();
         if digits != 3 {
             return Err(format!(
@@ -97,6 +102,16 @@ fn is_status_code(s: &str) -> bool {
     ok(parts.next(), 1) && ok(parts.next(), 3) && ok(parts.next(), 3) && parts.next().is_none()
 }
 
+fn check_len(reply: &str) -> Result<(), String> {
+    if reply.len() > MAX_REPLY_LEN {
+        return Err(format!(
+            "the reply is {} characters long; SMTP allows {MAX_REPLY_LEN}",
+            reply.len()
+        ));
+    }
+    Ok(())
+}
+
 fn check_class(status: &str, code: u16) -> Result<(), String> {
     let class = status.as_bytes()[0] - b'0';
     if u16::from(class) != code / 100 {
@@ -135,11 +150,17 @@ impl fmt::Display for Action {
             Action::Tempfail => f.write_str("TEMPFAIL"),
             Action::Skip => f.write_str("SKIP"),
             Action::Error(r) => {
-                f.write_str("ERROR:")?;
-                if let Some(e) = &r.enhanced {
-                    write!(f, "{e}:")?;
+                // `ERROR:5.7.1:"550 text"`, except for a text that starts with a status code
+                // itself: `ERROR:5.7.1:"550 4.2.2 x"` would read back as conflicting codes, so
+                // it is written `ERROR:"550 5.7.1 4.2.2 x"` (found by the access fuzz target).
+                let first = r.text.split([' ', '\t']).next().unwrap_or("");
+                match &r.enhanced {
+                    Some(e) if is_status_code(first) => {
+                        return write!(f, "ERROR:\"{} {e} {}\"", r.code, r.text);
+                    }
+                    Some(e) => write!(f, "ERROR:{e}:\"{}", r.code)?,
+                    None => write!(f, "ERROR:\"{}", r.code)?,
                 }
-                write!(f, "\"{}", r.code)?;
                 if !r.text.is_empty() {
                     write!(f, " {}", r.text)?;
                 }
@@ -245,6 +266,8 @@ fn parse_error(rest: &str) -> Result<SmtpReply, String> {
             }
             _ => parsed.enhanced = Some(status.to_string()),
         }
+        // `ERROR:5.7.1:"550 text"` is sent as `550 5.7.1 text`: six octets more.
+        check_len(&parsed.to_string())?;
     }
     Ok(parsed)
 }
@@ -298,6 +321,14 @@ mod tests {
         assert!(e.contains("does not match reply code 450"), "{e}");
         let e = SmtpReply::parse("250 ok").unwrap_err();
         assert!(e.contains("not a 4xx"), "{e}");
+        // One SMTP line at most (found by fuzz/fuzz_targets/access.rs: access-file replies
+        // had no bound, unlike the config's).
+        let long = format!("550 {}", "x".repeat(506));
+        assert_eq!(SmtpReply::parse(&long).unwrap().text.len(), 506);
+        let e = SmtpReply::parse(&format!("{long}x")).unwrap_err();
+        assert!(e.contains("SMTP allows 510"), "{e}");
+        let e = Action::parse(&format!("ERROR:5.7.1:\"{long}\"")).unwrap_err();
+        assert!(e.contains("516 characters"), "{e}");
     }
 
     #[test]
@@ -395,6 +426,11 @@ mod tests {
             Action::parse("ERROR:550 text").unwrap().to_string(),
             "ERROR:\"550 text\""
         );
+        // A text that starts with a status code keeps the code inside the quotes, so the
+        // canonical form reads back as itself (found by fuzz/fuzz_targets/access.rs).
+        let a = Action::parse("ERROR:\"550 5.7.150 5.7.1 x y\"").unwrap();
+        assert_eq!(a.to_string(), "ERROR:\"550 5.7.150 5.7.1 x y\"");
+        assert_eq!(Action::parse(&a.to_string()), Ok(a));
     }
 
     fn action_strategy() -> impl Strategy<Value = Action> {

@@ -35,6 +35,11 @@ const TAGS: [(&str, Tag); 3] = [
 
 /// Parses `From:user@example.com`, `Connect:192.0.2`, `IPv6:2001:db8`, `example.com`, ...
 pub(super) fn parse_key(raw: &str) -> Result<ParsedKey, String> {
+    // A key is shown in logs, `explain` and the dry-run tag header: a control character
+    // (a NUL would end the milter string early) has no place there, nor in an address.
+    if raw.contains(char::is_control) {
+        return Err(format!("control character in key {raw:?}"));
+    }
     let (tag, rest) = split_tag(raw)?;
     if rest.is_empty() {
         return Err(format!(
@@ -222,7 +227,13 @@ fn parse_name(s: &str) -> Result<String, String> {
         )),
         Some((local, domain)) => {
             let domain = domain.strip_suffix('.').unwrap_or(domain);
-            if !domain.starts_with('[') {
+            if domain.starts_with('[') {
+                // Unclosed, `user@[1.2..` lost a dot each time it was read back from its
+                // canonical form (found by fuzz/fuzz_targets/access.rs).
+                if !domain.ends_with(']') {
+                    return Err(format!("bad address literal `{domain}`"));
+                }
+            } else {
                 check_host(domain)?;
             }
             Ok(format!("{local}@{domain}"))
@@ -371,6 +382,13 @@ mod tests {
             ("*.example.com", "wildcards"),
             ("exa mple..com", "bad host name"),
             ("From:user@bad..domain", "bad host name"),
+            // Found by fuzz/fuzz_targets/access.rs: the local part was not checked, and a NUL
+            // in it reached the dry-run tag header.
+            ("From:a\0b@", "control character"),
+            ("u\u{f}@example.com", "control character"),
+            ("ex\u{7f}ample.com", "control character"),
+            ("x@[19250a2...", "bad address literal"),
+            ("From:x@[192.0.2.5", "bad address literal"),
         ];
         for (raw, want) in cases {
             let e = parse_key(raw).unwrap_err();

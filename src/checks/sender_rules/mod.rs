@@ -53,7 +53,7 @@ mod key;
 mod tests;
 
 pub use access::{AccessLoadError, AccessTable};
-pub use action::{Action, SmtpReply};
+pub use action::{Action, SmtpReply, MAX_REPLY_LEN};
 
 /// Which lookup an entry applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
