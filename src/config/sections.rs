@@ -235,6 +235,7 @@ pub struct TrustedConfig {
 }
 
 impl Default for TrustedConfig {
+    #[allow(clippy::expect_used, reason = "a constant prefix length of 8")]
     fn default() -> Self {
         TrustedConfig {
             networks: vec![

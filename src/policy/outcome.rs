@@ -91,6 +91,10 @@ pub(super) fn render_helo(template: &str, helo: &str) -> SmtpReply {
     parse_reply(&template.replace("{helo}", &safe))
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "called with the built-in reply constants only, checked by the unit tests"
+)]
 pub(super) fn default_reply(text: &str) -> SmtpReply {
     SmtpReply::parse(text).expect("built-in reply texts are valid")
 }

@@ -89,6 +89,10 @@ pub fn write_frame_with<F: FnOnce(&mut BytesMut)>(buf: &mut BytesMut, cmd: u8, f
     buf[start..start + LEN_BYTES].copy_from_slice(&frame_len(data_len).to_be_bytes());
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "only our own replies are encoded: at most a few KiB, never 4 GiB"
+)]
 fn frame_len(data_len: usize) -> u32 {
     data_len
         .checked_add(1)

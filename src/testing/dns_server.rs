@@ -794,8 +794,11 @@ impl Zone {
         } else {
             name.trim_to(1)
         };
-        let mname = Name::from_ascii("ns.test.").expect("valid name");
-        let rname = Name::from_ascii("hostmaster.test.").expect("valid name");
+        #[allow(clippy::expect_used, reason = "constant names, valid by inspection")]
+        let (mname, rname) = (
+            Name::from_ascii("ns.test.").expect("valid name"),
+            Name::from_ascii("hostmaster.test.").expect("valid name"),
+        );
         let ttl = self.negative_ttl;
         let soa = SOA::new(mname, rname, 1, 3600, 600, 86_400, ttl);
         Record::from_rdata(apex, ttl, RData::SOA(soa))
