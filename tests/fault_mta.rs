@@ -5,7 +5,7 @@
 //!
 //! Assertions are on what an MTA sees (replies, closes, how long it waited), the log and the
 //! metrics. Timings are printed; the bounds asserted are loose on purpose (a slow, busy 2-core
-//! machine must pass). Figures go to docs/reliability-parts/mta.md.
+//! machine must pass). Figures go to docs/reliability.md.
 //!
 //! Knobs: MXSENTRY_QUITNC_MESSAGES (messages on one connection, default 20,000),
 //! MXSENTRY_SOAK=1 (1,000,000 of them), MXSENTRY_IDLE_CONNECTIONS (default 10,000).
