@@ -17,7 +17,10 @@ date="$(sed -n 's/^date: //p' "$snap/SNAPSHOT")"
 # crates.io, exactly as locked.
 for manifest in Cargo.toml fuzz/Cargo.toml; do
   cargo fetch --locked --manifest-path "$manifest" >/dev/null 2>&1 \
-    || cargo fetch --locked --manifest-path "$manifest" || die "cargo fetch ($manifest) failed"
+    || cargo fetch --locked --manifest-path "$manifest" \
+    || die "cargo fetch ($manifest) failed; if its lock file is out of date (the fuzz crate's \
+lock records mxsentry's own dependencies: a new one needs it updated), run: cargo fetch \
+--manifest-path $manifest, and commit the lock file"
 done
 
 # cargo-deny opens the database as a git checkout under deny.toml's db-path, in a directory
