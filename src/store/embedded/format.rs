@@ -28,16 +28,19 @@ pub fn encode(e: &Entry) -> [u8; ENCODED_LEN] {
 
 /// Decodes what [`encode`] wrote; `None` for another version or length.
 pub fn decode(b: &[u8]) -> Option<Entry> {
-    if b.len() != ENCODED_LEN || b[0] != FORMAT_V1 {
+    let [FORMAT_V1, rest @ ..] = b else {
         return None;
-    }
-    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-    Some(Entry {
-        first_seen: u64_at(1),
-        last_seen: u64_at(9),
-        passed: u32_at(17),
-        blocked: u32_at(21),
-        expires: u64_at(25),
+    };
+    let (first_seen, rest) = rest.split_first_chunk()?;
+    let (last_seen, rest) = rest.split_first_chunk()?;
+    let (passed, rest) = rest.split_first_chunk()?;
+    let (blocked, rest) = rest.split_first_chunk()?;
+    let (expires, rest) = rest.split_first_chunk()?;
+    rest.is_empty().then(|| Entry {
+        first_seen: u64::from_le_bytes(*first_seen),
+        last_seen: u64::from_le_bytes(*last_seen),
+        passed: u32::from_le_bytes(*passed),
+        blocked: u32::from_le_bytes(*blocked),
+        expires: u64::from_le_bytes(*expires),
     })
 }
