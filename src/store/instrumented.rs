@@ -1,8 +1,8 @@
 //! Store calls timed and counted: the one place that records what the sessions and the purge
 //! task see of the greylist store, in `mxsentry_greylist_operation_duration_seconds{backend,op}`,
-//! `mxsentry_greylist_errors_total{backend}` and `mxsentry_greylist_entries{backend}`. (Commit
-//! failures, which no call returns, and store recoveries are counted where they happen: in the
-//! embedded store and in [`open`](super::open).)
+//! `mxsentry_greylist_errors_total{backend}` and `mxsentry_greylist_entries{backend}`. (Failed
+//! commits, which no call returns, and how opening went are counted where they happen: in the
+//! embedded store and in [`store::open`](fn@super::open).)
 //!
 //! [`Instrumented`] wraps a store with methods of its own rather than implementing
 //! [`GreylistStore`]: the `op` label says what a call is *for* (the greylist check makes three

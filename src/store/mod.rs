@@ -4,17 +4,17 @@
 //! The greylisting *rules* live in `checks::greylist`; a store only keeps entries and applies an
 //! update atomically, so both backends behave the same by construction.
 //!
-//! Around the trait: [`open`] opens the configured backend, [`Instrumented`] times and counts
+//! Around the trait: [`open()`] opens the configured backend, [`Instrumented`] times and counts
 //! the calls of sessions and purges (the store metrics), [`purge_task`] purges periodically.
 
 use async_trait::async_trait;
 
 pub mod embedded;
-pub mod instrumented;
+mod instrumented;
 #[cfg(test)]
 pub(crate) mod memory;
-pub mod open;
-pub mod purge;
+mod open;
+mod purge;
 pub mod redis;
 
 pub use instrumented::{Instrumented, Op};
