@@ -5,10 +5,11 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use crate::checks::greylist::{keys, rfc5322_date, unix_now, Greylister};
+use crate::checks::greylist::{keys, rfc5322_date, unix_now};
 use crate::config::Config;
-use crate::store::Entry;
+use crate::store::{Entry, GreylistStore, OpenFor};
 
 /// Which entry an `add`/`del` is about: a triplet (client + sender + recipient) or, without
 /// sender and recipient, the client's autowhitelist entry.
@@ -31,8 +32,9 @@ impl Target {
     }
 }
 
-async fn open(config: &Config) -> Result<Greylister, String> {
-    Greylister::open(&config.greylist).await.map_err(|e| {
+async fn open(config: &Config) -> Result<Arc<dyn GreylistStore>, String> {
+    let opened = crate::store::open(&config.greylist, OpenFor::Admin).await;
+    opened.map_err(|e| {
         if e.to_lowercase().contains("already open") || e.to_lowercase().contains("lock") {
             format!("{e}\n(the running daemon holds the embedded store: stop it first, or use the redis store)")
         } else {
@@ -61,12 +63,8 @@ fn describe(key: &str, e: &Entry, now: u64) -> String {
 
 /// Lists entries whose key starts with `prefix` (`t:` triplets, `c:` clients).
 pub async fn list(config: &Config, prefix: &str, limit: usize) -> Result<String, String> {
-    let g = open(config).await?;
-    let rows = g
-        .store()
-        .list(prefix, limit)
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = open(config).await?;
+    let rows = store.list(prefix, limit).await.map_err(|e| e.to_string())?;
     let now = unix_now();
     let mut out = String::new();
     for (key, e) in &rows {
@@ -80,7 +78,7 @@ pub async fn list(config: &Config, prefix: &str, limit: usize) -> Result<String,
 /// greylisting, `client_autowhite_after`).
 pub async fn add(config: &Config, target: &Target) -> Result<String, String> {
     let key = target.key(config)?;
-    let g = open(config).await?;
+    let store = open(config).await?;
     let now = unix_now();
     let passed = if target.from.is_some() {
         1
@@ -94,20 +92,17 @@ pub async fn add(config: &Config, target: &Target) -> Result<String, String> {
         blocked: 0,
         expires: now + config.greylist.autowhite.as_secs(),
     };
-    g.store()
-        .put(&key, entry)
-        .await
-        .map_err(|e| e.to_string())?;
-    g.store().flush().await.map_err(|e| e.to_string())?;
+    store.put(&key, entry).await.map_err(|e| e.to_string())?;
+    store.flush().await.map_err(|e| e.to_string())?;
     Ok(format!("added {}\n", describe(&key, &entry, now)))
 }
 
 /// Removes a triplet or a client entry.
 pub async fn del(config: &Config, target: &Target) -> Result<String, String> {
     let key = target.key(config)?;
-    let g = open(config).await?;
-    let existed = g.store().delete(&key).await.map_err(|e| e.to_string())?;
-    g.store().flush().await.map_err(|e| e.to_string())?;
+    let store = open(config).await?;
+    let existed = store.delete(&key).await.map_err(|e| e.to_string())?;
+    store.flush().await.map_err(|e| e.to_string())?;
     Ok(if existed {
         format!("deleted {key}\n")
     } else {
@@ -117,12 +112,8 @@ pub async fn del(config: &Config, target: &Target) -> Result<String, String> {
 
 /// Removes expired entries now.
 pub async fn purge(config: &Config) -> Result<String, String> {
-    let g = open(config).await?;
-    let n = g
-        .store()
-        .purge(unix_now())
-        .await
-        .map_err(|e| e.to_string())?;
-    g.store().flush().await.map_err(|e| e.to_string())?;
+    let store = open(config).await?;
+    let n = store.purge(unix_now()).await.map_err(|e| e.to_string())?;
+    store.flush().await.map_err(|e| e.to_string())?;
     Ok(format!("purged {n} expired entries\n"))
 }

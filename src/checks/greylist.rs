@@ -1,8 +1,10 @@
 //! Greylisting: (client, sender, recipient) triplets and client autowhitelisting.
 //!
 //! The rules are pure ([`step`], [`client_step`], the key functions in [`keys`]); the only I/O
-//! goes through a [`GreylistStore`], each call bounded by a deadline. A store that fails or is
-//! slow makes the check *fail open*: the mail is accepted and the finding says `error`.
+//! goes through a [`GreylistStore`], each call bounded by a deadline (and timed and counted by
+//! the store layer, [`Instrumented`]). A store that fails or is slow makes the check *fail
+//! open*: the mail is accepted and the finding says `error`. Opening the configured store is
+//! [`crate::store::open`]; the periodic purge is [`crate::store::purge_task`].
 //!
 //! Lifecycle of a triplet (times from `[greylist]`):
 //!
@@ -22,10 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::checks::Finding;
-use crate::config::{GreylistConfig, StoreKind};
-use crate::store::{Entry, GreylistStore, StoreError, Write};
+use crate::config::GreylistConfig;
+use crate::store::{Entry, GreylistStore, Instrumented, Op, Write};
 
 pub mod keys;
+
+/// The clock the rules are given (`now`), re-exported for the callers of [`Greylister::check`].
+pub use crate::store::unix_now;
 
 pub use keys::{
     client_key, client_part, normalize_rcpt, normalize_sender, pool_domain, store_key, triplet_key,
@@ -286,21 +291,14 @@ pub fn rfc5322_date(unix: u64) -> String {
     )
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// How often a store failure that goes on is logged again (each session's decision log line
 /// carries its own finding; one line per session would flood the journal during an outage).
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Greylisting against one store.
 pub struct Greylister {
-    store: Arc<dyn GreylistStore>,
+    /// Every call of a check is timed and counted there (the store metrics).
+    store: Instrumented,
     cfg: GreylistConfig,
     timing: Timing,
     deadline: Duration,
@@ -322,87 +320,12 @@ impl Greylister {
     /// Greylisting with `cfg`'s rules on `store`, store deadline [`DEFAULT_DEADLINE`].
     pub fn new(store: Arc<dyn GreylistStore>, cfg: &GreylistConfig) -> Greylister {
         Greylister {
-            store,
+            store: Instrumented::new(store),
             cfg: cfg.clone(),
             timing: Timing::from_config(cfg),
             deadline: DEFAULT_DEADLINE,
             failure_log: Default::default(),
         }
-    }
-
-    /// Opens the configured store (`greylist.store`): the embedded file at `greylist.path`
-    /// (committing every `greylist.commit_interval`) or Redis at `greylist.redis_url`. The
-    /// error names the file or server and the reason. For the admin commands: an unreadable
-    /// file is an error here, never touched (see [`Greylister::open_for_daemon`]).
-    pub async fn open(cfg: &GreylistConfig) -> Result<Greylister, String> {
-        Self::open_with(cfg, false).await
-    }
-
-    /// [`Greylister::open`] for the daemon's start ([`EmbeddedStore::open_for_daemon`]): an
-    /// embedded file whose content is bad (corrupt, truncated, not a redb file, a format this
-    /// version cannot read) is moved aside to `<path>.corrupt-<UTC time>` and the daemon starts
-    /// with an empty store, logging an error and counting
-    /// `mxsentry_greylist_store_recoveries_total`; a file that cannot be opened now (disk full,
-    /// I/O error) leaves the store closed and retried while greylisting fails open. A daemon
-    /// that refused to start would make the MTA refuse all mail; greylist entries are only a
-    /// cache of delays. Operations problems (in use, not writable, no directory) still fail
-    /// with their reason.
-    ///
-    /// [`EmbeddedStore::open_for_daemon`]: crate::store::embedded::EmbeddedStore::open_for_daemon
-    pub async fn open_for_daemon(cfg: &GreylistConfig) -> Result<Greylister, String> {
-        Self::open_with(cfg, true).await
-    }
-
-    async fn open_with(cfg: &GreylistConfig, daemon: bool) -> Result<Greylister, String> {
-        use crate::store::embedded::{EmbeddedStore, Opened, Options};
-        let store: Arc<dyn GreylistStore> = match cfg.store {
-            StoreKind::Embedded => {
-                let path = cfg.path.clone();
-                let options = Options {
-                    commit_interval: cfg.commit_interval,
-                    max_uncommitted: cfg.max_uncommitted,
-                    ..Options::default()
-                };
-                let (store, opened) = tokio::task::spawn_blocking(move || {
-                    if daemon {
-                        EmbeddedStore::open_for_daemon(&path, options)
-                    } else {
-                        EmbeddedStore::open_with(&path, options).map(|s| (s, Opened::Fine))
-                    }
-                })
-                .await
-                .map_err(|e| format!("greylist store: {e}"))?
-                .map_err(|e| format!("greylist store: {e}"))?;
-                match opened {
-                    Opened::Fine => {}
-                    Opened::MovedAside(m) => {
-                        crate::metrics::metrics().greylist_store_recovered();
-                        tracing::error!(
-                            path = %m.path.display(),
-                            moved_to = %m.moved_to.display(),
-                            reason = %m.reason,
-                            "greylist store unreadable: moved aside, starting with an empty store"
-                        );
-                    }
-                    Opened::Closed { reason } => {
-                        crate::metrics::metrics().greylist_error("embedded");
-                        tracing::error!(
-                            path = %cfg.path.display(),
-                            reason = %reason,
-                            "greylist store cannot be opened now: starting without it \
-                             (greylisting fails open) and retrying every commit interval"
-                        );
-                    }
-                }
-                Arc::new(store)
-            }
-            StoreKind::Redis => Arc::new(
-                crate::store::redis::RedisStore::connect(&cfg.redis_url)
-                    .await
-                    .map_err(|e| format!("greylist store {}: {e}", cfg.redis_url))?,
-            ),
-        };
-        Ok(Greylister::new(store, cfg))
     }
 
     /// Sets the per-call store deadline (default [`DEFAULT_DEADLINE`]).
@@ -411,34 +334,14 @@ impl Greylister {
         self
     }
 
-    /// The store (admin commands, purge task, flush at shutdown).
+    /// The store (calls made through it are not timed or counted).
     pub fn store(&self) -> &Arc<dyn GreylistStore> {
-        &self.store
+        self.store.store()
     }
 
     /// The configuration the rules use.
     pub fn config(&self) -> &GreylistConfig {
         &self.cfg
-    }
-
-    /// One store call under the deadline, timed and counted (`op`: a bounded metric label).
-    async fn bounded<T>(
-        &self,
-        op: &'static str,
-        fut: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(self.deadline, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout),
-        };
-        crate::metrics::metrics().greylist_op(
-            self.store.backend(),
-            op,
-            started.elapsed().as_secs_f64(),
-            result.is_ok(),
-        );
-        result
     }
 
     /// Greylists one recipient. `verified_name`: the FCrDNS-verified client name, if any (see
@@ -495,7 +398,8 @@ impl Greylister {
         if after > 0 {
             let refresh = move |old: Option<Entry>| client_refresh(old, now, &t, after);
             match self
-                .bounded("lookup", self.store.update(&client_key, &refresh))
+                .store
+                .update(Op::Lookup, self.deadline, &client_key, &refresh)
                 .await
             {
                 Ok(old) if client_is_whitelisted(old.as_ref(), now, after) => {
@@ -508,7 +412,8 @@ impl Greylister {
         let triplet_key = store_key(plain_key, hash);
         let f = move |old: Option<Entry>| step(old, now, &t).0;
         let outcome = match self
-            .bounded("record", self.store.update(&triplet_key, &f))
+            .store
+            .update(Op::Record, self.deadline, &triplet_key, &f)
             .await
         {
             Ok(old) => step(old, now, &t).1,
@@ -517,7 +422,8 @@ impl Greylister {
         if after > 0 && outcome.accepts() {
             let count = move |old: Option<Entry>| client_step(old, now, &t);
             if let Err(e) = self
-                .bounded("touch", self.store.update(&client_key, &count))
+                .store
+                .update(Op::Touch, self.deadline, &client_key, &count)
                 .await
             {
                 // The mail is accepted anyway; only the client's count is behind.
@@ -525,53 +431,6 @@ impl Greylister {
             }
         }
         outcome
-    }
-}
-
-/// Purges expired entries every `interval` until `shutdown` turns true (or its sender is
-/// dropped). Runs beside the sessions: the stores purge in batches, so updates interleave.
-/// Failures are logged and retried at the next tick.
-pub async fn purge_task(
-    store: Arc<dyn GreylistStore>,
-    interval: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate: start one interval from now
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        tokio::select! {
-            _ = tick.tick() => {
-                let started = std::time::Instant::now();
-                let result = store.purge(unix_now()).await;
-                crate::metrics::metrics().greylist_op(
-                    store.backend(),
-                    "purge",
-                    started.elapsed().as_secs_f64(),
-                    result.is_ok(),
-                );
-                if let Ok(n) = store.len().await {
-                    crate::metrics::metrics().greylist_entries(store.backend(), n as i64);
-                }
-                match result {
-                    Ok(n) => tracing::debug!(
-                        backend = store.backend(),
-                        purged = n,
-                        ms = started.elapsed().as_millis() as u64,
-                        "greylist purge"
-                    ),
-                    Err(e) => tracing::warn!(backend = store.backend(), error = %e, "greylist purge failed"),
-                }
-            }
-            r = shutdown.changed() => {
-                if r.is_err() {
-                    return;
-                }
-            }
-        }
     }
 }
 

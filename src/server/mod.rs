@@ -21,14 +21,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::checks::greylist::{purge_task, Greylister};
 use crate::config::{Config, OverflowAction};
 use crate::log_limit::WarnEvery;
 use crate::metrics::{self, metrics};
 use crate::policy::{self, Policy};
 use crate::protocol::negotiate::Negotiated;
 use crate::session::{PolicySource, Session};
-use crate::store::GreylistStore;
+use crate::store::{self, purge_task, GreylistStore, Instrumented, OpenFor};
 use connection::Limits;
 use listener::Listener;
 
@@ -101,16 +100,13 @@ impl Server {
         let (max, handlers) = fit_open_files(&self.config);
         // The greylist store first: an unwritable file stops the start with its reason; an
         // unreadable one is moved aside (greylisting starts afresh rather than mail stopping).
-        let greylister = if self.config.may_greylist() {
-            Some(Greylister::open_for_daemon(&self.config.greylist).await?)
+        let store = if self.config.may_greylist() {
+            Some(store::open(&self.config.greylist, OpenFor::Daemon).await?)
         } else {
             None
         };
-        let store = greylister.as_ref().map(|g| g.store().clone());
         if let Some(s) = &store {
-            if let Ok(n) = s.len().await {
-                metrics().greylist_entries(s.backend(), n as i64);
-            }
+            Instrumented::new(s.clone()).count_entries().await;
         }
         let policy = Arc::new(SharedPolicy::new(self.policy, store.clone()));
         let activated = listener::from_systemd()?;

@@ -3,11 +3,23 @@
 //!
 //! The greylisting *rules* live in `checks::greylist`; a store only keeps entries and applies an
 //! update atomically, so both backends behave the same by construction.
+//!
+//! Around the trait: [`open()`] opens the configured backend, [`Instrumented`] times and counts
+//! the calls of sessions and purges (the store metrics), [`purge_task`] purges periodically.
 
 use async_trait::async_trait;
 
 pub mod embedded;
+mod instrumented;
+#[cfg(test)]
+pub(crate) mod memory;
+mod open;
+mod purge;
 pub mod redis;
+
+pub use instrumented::{Instrumented, Op};
+pub use open::{open, OpenFor};
+pub use purge::purge_task;
 
 /// One greylist or autowhitelist record. Times are Unix seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,6 +40,14 @@ impl Entry {
     pub fn is_expired(&self, now: u64) -> bool {
         self.expires <= now
     }
+}
+
+/// Seconds since the Unix epoch: the clock of [`Entry`] times.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// What an [`GreylistStore::update`] closure decides for one key.

@@ -91,7 +91,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::redis::aio::MultiplexedConnection;
@@ -256,7 +256,7 @@ impl RedisStore {
 
     /// Whether a connection to Redis is currently established (for health reporting).
     pub fn is_connected(&self) -> bool {
-        self.link.slot.lock().unwrap().con.is_some()
+        self.link.lock_slot().con.is_some()
     }
 
     fn redis_key(key: &str) -> String {
@@ -612,6 +612,12 @@ enum Failure {
 }
 
 impl Link {
+    /// The slot, even after a panic while it was held: each change to it assigns whole fields,
+    /// so it never holds half of one, and refusing it would fail every later call for good.
+    fn lock_slot(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_nanos(self.timeout_ns.load(Ordering::Relaxed))
     }
@@ -621,7 +627,7 @@ impl Link {
         let mut waited = false;
         loop {
             let mut changed = {
-                let mut slot = self.slot.lock().unwrap();
+                let mut slot = self.lock_slot();
                 if let Some((gen, con)) = &slot.con {
                     return Ok(Lease {
                         gen: *gen,
@@ -672,7 +678,7 @@ impl Link {
             )),
         };
         {
-            let mut slot = self.slot.lock().unwrap();
+            let mut slot = self.lock_slot();
             slot.connecting = false;
             match result {
                 Ok(con) => {
@@ -715,7 +721,7 @@ impl Link {
         if gen == 0 {
             return;
         }
-        let mut slot = self.slot.lock().unwrap();
+        let mut slot = self.lock_slot();
         if matches!(&slot.con, Some((live, _)) if *live == gen) {
             slot.con = None;
             slot.last_error = why.to_string();
@@ -781,21 +787,29 @@ fn encode(entry: &Entry) -> [u8; ENCODED_LEN] {
 }
 
 fn decode(bytes: &[u8]) -> Result<Entry, String> {
-    if bytes.len() != ENCODED_LEN || bytes[0] != ENCODING_VERSION {
-        return Err(format!(
+    let fields = || {
+        let [ENCODING_VERSION, rest @ ..] = bytes else {
+            return None;
+        };
+        let (first_seen, rest) = rest.split_first_chunk()?;
+        let (last_seen, rest) = rest.split_first_chunk()?;
+        let (passed, rest) = rest.split_first_chunk()?;
+        let (blocked, rest) = rest.split_first_chunk()?;
+        let (expires, rest) = rest.split_first_chunk()?;
+        rest.is_empty().then(|| Entry {
+            first_seen: u64::from_be_bytes(*first_seen),
+            last_seen: u64::from_be_bytes(*last_seen),
+            passed: u32::from_be_bytes(*passed),
+            blocked: u32::from_be_bytes(*blocked),
+            expires: u64::from_be_bytes(*expires),
+        })
+    };
+    fields().ok_or_else(|| {
+        format!(
             "not a mxsentry v{ENCODING_VERSION} entry ({} bytes, first byte {:#04x})",
             bytes.len(),
             bytes.first().copied().unwrap_or(0)
-        ));
-    }
-    let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().unwrap());
-    let u32_at = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
-    Ok(Entry {
-        first_seen: u64_at(1),
-        last_seen: u64_at(9),
-        passed: u32_at(17),
-        blocked: u32_at(21),
-        expires: u64_at(25),
+        )
     })
 }
 

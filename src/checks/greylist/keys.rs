@@ -51,7 +51,10 @@ pub fn network(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpNet {
         IpAddr::V4(_) => ipv4_prefix.min(32),
         IpAddr::V6(_) => ipv6_prefix.min(128),
     };
-    IpNet::new(ip, prefix).expect("prefix clamped").trunc()
+    // `new` fails only for a prefix longer than the address, and `prefix` is clamped above.
+    #[allow(clippy::expect_used)]
+    let net = IpNet::new(ip, prefix).expect("prefix clamped");
+    net.trunc()
 }
 
 /// Second-level labels that, under a two-letter country TLD, are public suffixes
@@ -219,6 +222,8 @@ fn strip_srs(local: &str) -> Option<(String, String)> {
     None
 }
 
+// A constant, valid pattern (`tests::sender_normalisation` runs it): it cannot fail to compile.
+#[allow(clippy::expect_used)]
 static UUID: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").expect("valid")
 });

@@ -1,13 +1,13 @@
-use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::keys::*;
 use super::*;
-use crate::store::UpdateFn;
+use crate::store::memory::MemStore;
+use crate::store::{StoreError, UpdateFn};
 
 const T: Timing = Timing {
     delay: 300,
@@ -458,61 +458,6 @@ fn dates() {
 
 // ---- Greylister with test stores ---------------------------------------------------------
 
-/// An in-memory store: a map behind a mutex.
-#[derive(Default)]
-struct MemStore(Mutex<BTreeMap<String, Entry>>);
-
-#[async_trait]
-impl GreylistStore for MemStore {
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
-    async fn update(&self, key: &str, f: &UpdateFn<'_>) -> Result<Option<Entry>, StoreError> {
-        let mut m = self.0.lock().unwrap();
-        let old = m.get(key).copied();
-        match f(old) {
-            Write::Put(e) => {
-                m.insert(key.into(), e);
-            }
-            Write::Delete => {
-                m.remove(key);
-            }
-            Write::Keep => {}
-        }
-        Ok(old)
-    }
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(self.0.lock().unwrap().get(key).copied())
-    }
-    async fn put(&self, key: &str, entry: Entry) -> Result<(), StoreError> {
-        self.0.lock().unwrap().insert(key.into(), entry);
-        Ok(())
-    }
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.0.lock().unwrap().remove(key).is_some())
-    }
-    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Entry)>, StoreError> {
-        let m = self.0.lock().unwrap();
-        Ok(m.iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), *v))
-            .collect())
-    }
-    async fn purge(&self, now: u64) -> Result<u64, StoreError> {
-        let mut m = self.0.lock().unwrap();
-        let before = m.len();
-        m.retain(|_, e| !e.is_expired(now));
-        Ok((before - m.len()) as u64)
-    }
-    async fn len(&self) -> Result<u64, StoreError> {
-        Ok(self.0.lock().unwrap().len() as u64)
-    }
-    async fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
 /// A store that fails every call, or (with a delay) hangs past the deadline.
 struct BrokenStore {
     hang: Option<Duration>,
@@ -723,7 +668,10 @@ async fn check_on_the_embedded_store_with_hashed_keys() {
         hash_keys: true,
         ..cfg()
     };
-    let g = Greylister::open(&cfg).await.unwrap();
+    let store = crate::store::open(&cfg, crate::store::OpenFor::Admin)
+        .await
+        .unwrap();
+    let g = Greylister::new(store, &cfg);
     assert_eq!(g.store().backend(), "embedded");
     let ip: IpAddr = "2001:db8::25".parse().unwrap();
     let r = g
@@ -746,54 +694,4 @@ async fn check_on_the_embedded_store_with_hashed_keys() {
         .all(|(k, _)| !k.contains("example") && !k.contains("2001")));
     let tk = triplet_key(&cfg, ip, None, "a@example.com", "r@example.org");
     assert_eq!(g.store().get(&tk).await.unwrap().unwrap().passed, 1);
-}
-
-#[tokio::test]
-async fn open_reports_a_bad_path() {
-    let cfg = GreylistConfig {
-        path: "/nonexistent-mxsentry-dir/greylist.db".into(),
-        ..GreylistConfig::default()
-    };
-    let err = Greylister::open(&cfg).await.unwrap_err();
-    assert!(err.contains("/nonexistent-mxsentry-dir"), "{err}");
-}
-
-#[tokio::test]
-async fn purge_task_purges_periodically_and_stops() {
-    let store = Arc::new(MemStore::default());
-    store
-        .put(
-            "t:old",
-            Entry {
-                expires: 1,
-                ..Entry::default()
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .put(
-            "t:live",
-            Entry {
-                expires: u64::MAX,
-                ..Entry::default()
-            },
-        )
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(purge_task(store.clone(), Duration::from_millis(30), rx));
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(
-        store.len().await.unwrap(),
-        2,
-        "not before the first interval"
-    );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(store.len().await.unwrap(), 1);
-    tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(1), task)
-        .await
-        .expect("purge task stops on shutdown")
-        .unwrap();
 }

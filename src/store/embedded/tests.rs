@@ -2,10 +2,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::ReadableTable;
+use redb::{Durability, ReadableTable};
 
 use std::path::PathBuf;
 
+use super::file::{aside_path, utc_stamp};
 use super::*;
 
 fn entry(n: u64) -> Entry {
