@@ -5,6 +5,10 @@
 //! is the per-connection milter state machine; `checks` each turn what the MTA told us into
 //! findings; `policy` is the one place that turns findings into a verdict.
 
+// No unwrap/expect outside tests: input must never panic the daemon. An invariant that cannot
+// fail is allowed one by one, with its reason (`#[allow(clippy::expect_used, reason = ...)]`).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod admin;
 pub mod checks;
 pub mod config;

@@ -1,5 +1,9 @@
 //! The `mxsentry` command line.
 
+// No unwrap/expect outside tests: input must never panic the daemon. An invariant that cannot
+// fail is allowed one by one, with its reason (`#[allow(clippy::expect_used, reason = ...)]`).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

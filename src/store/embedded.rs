@@ -35,7 +35,7 @@
 //! * `kill -9` loses at most the updates of the last `commit_interval` (plus the commit in
 //!   flight); redb's copy-on-write commits never leave the file unreadable.
 //!
-//! # Faults (docs/reliability-parts/store.md)
+//! # Faults (docs/reliability.md, "Greylist store faults")
 //! * a commit that fails (disk full, read-only or failing file system) is counted, logged and
 //!   retried, and the file reopened: the store heals without a restart (`commit.rs`);
 //! * memory stays bounded while commits fail or lag (`overlay.rs`);

@@ -51,8 +51,10 @@ pub fn network(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpNet {
         IpAddr::V4(_) => ipv4_prefix.min(32),
         IpAddr::V6(_) => ipv6_prefix.min(128),
     };
-    // `new` fails only for a prefix longer than the address, and `prefix` is clamped above.
-    #[allow(clippy::expect_used)]
+    #[allow(
+        clippy::expect_used,
+        reason = "`new` fails only for a prefix longer than the address; clamped above"
+    )]
     let net = IpNet::new(ip, prefix).expect("prefix clamped");
     net.trunc()
 }
@@ -222,8 +224,10 @@ fn strip_srs(local: &str) -> Option<(String, String)> {
     None
 }
 
-// A constant, valid pattern (`tests::sender_normalisation` runs it): it cannot fail to compile.
-#[allow(clippy::expect_used)]
+#[allow(
+    clippy::expect_used,
+    reason = "a constant, valid pattern (tests::sender_normalisation runs it)"
+)]
 static UUID: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").expect("valid")
 });
