@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod checks;
+pub mod civil_time;
 pub mod config;
 pub mod decision_log;
 pub mod dns;
