@@ -15,6 +15,7 @@ mod instrumented;
 pub(crate) mod memory;
 mod open;
 mod purge;
+pub mod record;
 pub mod redis;
 
 pub use instrumented::{Instrumented, Op};

@@ -99,6 +99,7 @@ use ::redis::{AsyncConnectionConfig, Client, RedisError, RedisResult, Script, Va
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use super::record::{self, Order, LEN as ENCODED_LEN, VERSION as ENCODING_VERSION};
 use super::{Entry, GreylistStore, StoreError, UpdateFn, Write};
 
 /// Prefix of every key mxsentry writes.
@@ -117,8 +118,6 @@ const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Redis rejects absurd TTLs; no greylist entry needs more than this.
 const MAX_TTL_SECS: u64 = 100 * 365 * 86_400;
-const ENCODING_VERSION: u8 = 1;
-const ENCODED_LEN: usize = 33;
 /// Values fetched per `MGET`.
 const MGET_BATCH: usize = 500;
 
@@ -774,37 +773,13 @@ fn ttl_secs(expires: u64) -> u64 {
     expires.saturating_sub(now_secs()).clamp(1, MAX_TTL_SECS)
 }
 
-/// The fixed 33-byte value of `entry`.
+/// The fixed 33-byte value of `entry` (the shared record layout, big-endian).
 fn encode(entry: &Entry) -> [u8; ENCODED_LEN] {
-    let mut out = [0u8; ENCODED_LEN];
-    out[0] = ENCODING_VERSION;
-    out[1..9].copy_from_slice(&entry.first_seen.to_be_bytes());
-    out[9..17].copy_from_slice(&entry.last_seen.to_be_bytes());
-    out[17..21].copy_from_slice(&entry.passed.to_be_bytes());
-    out[21..25].copy_from_slice(&entry.blocked.to_be_bytes());
-    out[25..33].copy_from_slice(&entry.expires.to_be_bytes());
-    out
+    record::encode(entry, Order::Big)
 }
 
 fn decode(bytes: &[u8]) -> Result<Entry, String> {
-    let fields = || {
-        let [ENCODING_VERSION, rest @ ..] = bytes else {
-            return None;
-        };
-        let (first_seen, rest) = rest.split_first_chunk()?;
-        let (last_seen, rest) = rest.split_first_chunk()?;
-        let (passed, rest) = rest.split_first_chunk()?;
-        let (blocked, rest) = rest.split_first_chunk()?;
-        let (expires, rest) = rest.split_first_chunk()?;
-        rest.is_empty().then(|| Entry {
-            first_seen: u64::from_be_bytes(*first_seen),
-            last_seen: u64::from_be_bytes(*last_seen),
-            passed: u32::from_be_bytes(*passed),
-            blocked: u32::from_be_bytes(*blocked),
-            expires: u64::from_be_bytes(*expires),
-        })
-    };
-    fields().ok_or_else(|| {
+    record::decode(bytes, Order::Big).ok_or_else(|| {
         format!(
             "not a mxsentry v{ENCODING_VERSION} entry ({} bytes, first byte {:#04x})",
             bytes.len(),
