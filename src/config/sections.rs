@@ -153,7 +153,8 @@ pub struct MilterConfig {
     /// (Postfix's smtpd_recipient_limit).
     #[serde(deserialize_with = "de::max_recipients")]
     pub max_recipients: usize,
-    /// Permissions of Unix sockets, from an octal string like `"0660"`. Default: unchanged.
+    /// Permissions of Unix sockets, from an octal string like `"0660"`. Default: 0660 (the
+    /// owner and `socket_group` may connect), whatever the umask.
     #[serde(deserialize_with = "de::opt::<_, de::OctalModeP>")]
     pub socket_mode: Option<u32>,
     /// Owner (user name) of Unix sockets. Default: unchanged.

@@ -123,10 +123,13 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Mode of a unix socket without `socket_mode`: the owner and the group (the MTA's, through
+/// `socket_group`) may connect, nobody else, whatever the umask would have given.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
 fn apply_socket_permissions(path: &Path, milter: &MilterConfig) -> io::Result<()> {
-    if let Some(mode) = milter.socket_mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    }
+    let mode = milter.socket_mode.unwrap_or(DEFAULT_SOCKET_MODE);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     let uid = match &milter.socket_owner {
         Some(name) => Some(lookup_id("/etc/passwd", name)?),
         None => None,

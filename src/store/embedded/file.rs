@@ -228,6 +228,11 @@ pub(super) fn open_database(
     compact: bool,
 ) -> Result<Database, OpenError> {
     let fresh = create && !path.exists();
+    if fresh {
+        // The store lists who mails whom: readable by the daemon's user only, whatever the
+        // umask (redb would create it 0666 & ~umask). An admin reads it through mxsentry.
+        create_private(path).map_err(|e| open_error(path, redb::StorageError::Io(e)))?;
+    }
     let opened = catch_panic(|| {
         let mut b = Database::builder();
         b.set_cache_size(cache_bytes);
@@ -259,6 +264,17 @@ pub(super) fn open_database(
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Creates an empty file with mode 0600 (redb initialises an empty file as a new database).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
 }
 
 /// Compacts the file at open when more than half of it is free pages (copy-on-write churn
