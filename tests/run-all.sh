@@ -2,7 +2,7 @@
 # THE test command of mxsentry:  bash tests/run-all.sh
 # Runs, and stops at the first failing step with a clear message:
 #   1. cargo fmt --check                              (CI requires formatting clean)
-#   2. cargo clippy --locked --all-targets -- -D warnings
+#   2. cargo clippy --locked --all-targets -- -D warnings (and fmt + clippy of the fuzz crate)
 #   3. cargo build --locked --all-targets
 #   4. cargo test --locked
 #   5. bash tests/e2e/run.sh   (real Postfix, sendmail, miltertest, DNS on loopback; needs root and
@@ -30,6 +30,12 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
   step "cargo clippy --all-targets -- -D warnings"
   cargo clippy --version >/dev/null 2>&1 || die "clippy is not installed (rustup component add clippy)"
   cargo clippy --locked --all-targets -- -D warnings || die "cargo clippy found warnings (see above)"
+  # The fuzz crate is outside the workspace: lint it here, so a change of the library's API
+  # that breaks a target shows in a minute, not after the tests.
+  step "the fuzz crate: cargo fmt --check, cargo clippy -- -D warnings"
+  cargo fmt --manifest-path fuzz/Cargo.toml -- --check || die "fuzz/: not formatted (run: cargo fmt --manifest-path fuzz/Cargo.toml)"
+  cargo clippy --locked --manifest-path fuzz/Cargo.toml --bins -- -D warnings \
+    || die "the fuzz crate does not build cleanly (see above; fuzz/Cargo.lock stale? cargo fetch --manifest-path fuzz/Cargo.toml)"
 fi
 
 step "cargo build --locked --all-targets"
