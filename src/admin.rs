@@ -117,3 +117,25 @@ pub async fn purge(config: &Config) -> Result<String, String> {
     store.flush().await.map_err(|e| e.to_string())?;
     Ok(format!("purged {n} expired entries\n"))
 }
+
+/// Writes many entries at once (the importers: `greylist import milter-greylist|postgrey`).
+/// Entries already expired at `now` are skipped and counted, not written. Returns (written,
+/// skipped as expired).
+pub async fn put_entries(
+    config: &Config,
+    entries: &[(String, Entry)],
+) -> Result<(u64, u64), String> {
+    let store = open(config).await?;
+    let now = unix_now();
+    let (mut written, mut expired) = (0u64, 0u64);
+    for (key, entry) in entries {
+        if entry.is_expired(now) {
+            expired += 1;
+            continue;
+        }
+        store.put(key, *entry).await.map_err(|e| e.to_string())?;
+        written += 1;
+    }
+    store.flush().await.map_err(|e| e.to_string())?;
+    Ok((written, expired))
+}
