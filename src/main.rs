@@ -75,6 +75,34 @@ enum Command {
         #[command(subcommand)]
         command: AccessCommand,
     },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Map another greylisting daemon's configuration: prints a milter.toml fragment, writes
+    /// the rule files into --out-dir, lists every line not mapped as `FILE:LINE: reason`
+    /// (exit 1 when some were not mapped, 2 on unreadable input).
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// postgrey's whitelist files and command-line settings.
+    Postgrey(mxsentry::import::postgrey::cli::ConfigImportArgs),
+}
+
+#[derive(Subcommand)]
+enum GreylistImportSource {
+    /// postgrey's postgrey.db and postgrey_clients.db (read with db_dump from db5.3-util).
+    Postgrey(mxsentry::import::postgrey::cli::GreylistImportArgs),
 }
 
 #[derive(clap::Args)]
@@ -124,6 +152,11 @@ enum GreylistCommand {
     Purge {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Import another greylisting daemon's learned state; prints counts and skipped records.
+    Import {
+        #[command(subcommand)]
+        source: GreylistImportSource,
     },
 }
 
@@ -182,6 +215,9 @@ fn main() -> ExitCode {
             explain(config, query, json)
         }
         Command::Greylist { command } => greylist(command),
+        Command::Config {
+            command: ConfigCommand::Import { source },
+        } => config_import(source),
         Command::Access {
             command: AccessCommand::Import { file },
         } => match std::fs::read_to_string(&file) {
@@ -219,6 +255,9 @@ fn greylist(command: GreylistCommand) -> ExitCode {
         | GreylistCommand::Add { config, .. }
         | GreylistCommand::Del { config, .. }
         | GreylistCommand::Purge { config } => config.clone(),
+        GreylistCommand::Import {
+            source: GreylistImportSource::Postgrey(args),
+        } => args.config.clone(),
     };
     let config = match mxsentry::config::Config::load(&config_path) {
         Ok(c) => c,
@@ -238,6 +277,9 @@ fn greylist(command: GreylistCommand) -> ExitCode {
             GreylistCommand::Add { target: t, .. } => admin::add(&config, &target(t)).await,
             GreylistCommand::Del { target: t, .. } => admin::del(&config, &target(t)).await,
             GreylistCommand::Purge { .. } => admin::purge(&config).await,
+            GreylistCommand::Import {
+                source: GreylistImportSource::Postgrey(args),
+            } => mxsentry::import::postgrey::cli::greylist_import(&config, &args).await,
         }
     });
     match result {
@@ -246,6 +288,19 @@ fn greylist(command: GreylistCommand) -> ExitCode {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn config_import(source: ImportSource) -> ExitCode {
+    let outcome = match source {
+        ImportSource::Postgrey(args) => {
+            mxsentry::import::postgrey::whitelists::run(&args.to_import())
+        }
+    };
+    eprint!("{}", outcome.stderr);
+    match print_output(&outcome.stdout) {
+        ExitCode::SUCCESS => ExitCode::from(outcome.code),
+        failed => failed,
     }
 }
 
