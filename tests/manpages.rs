@@ -118,7 +118,10 @@ fn mxsentry_8_names_every_command_and_option() {
             );
         }
     }
-    assert!(options_checked >= 20, "only {options_checked} options seen in --help");
+    assert!(
+        options_checked >= 20,
+        "only {options_checked} options seen in --help"
+    );
     assert!(
         !page.contains("generate\\-man"),
         "the hidden command is documented"
