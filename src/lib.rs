@@ -18,6 +18,7 @@ pub mod dns;
 pub mod explain;
 pub mod log_limit;
 pub mod lookups;
+pub mod manpage;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;
