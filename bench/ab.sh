@@ -11,7 +11,7 @@ set -euo pipefail
 A="$1"; B="$2"; ROUNDS="${3:-5}"; SESSIONS="${4:-30000}"; CONC="${5:-16}"; HOLD="${6:-10000}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ML="$ROOT/target/release/milterload"
-[ -x "$ML" ] || { echo "build it first: cargo build --release --bins" >&2; exit 1; }
+[ -x "$ML" ] || { echo "build it first: cargo build --release --workspace --bins" >&2; exit 1; }
 W="$(mktemp -d /tmp/mta-ab-XXXX)"
 source "$ROOT/bench/lib.sh"
 printf 'From:spammer.example REJECT\nConnect:10.1.2 REJECT\n' > "$W/access"

@@ -24,7 +24,7 @@ cleanup() {
 trap cleanup EXIT
 wait_port() { for _ in $(seq 1 600); do timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-cargo build --release --bins >/dev/null 2>&1 || { echo "cargo build failed" >&2; exit 1; }
+cargo build --release --workspace --bins >/dev/null 2>&1 || { echo "cargo build failed" >&2; exit 1; }
 cc -O2 -g -o "$W/null_filter" bench/null_filter.c -lmilter -lpthread
 /usr/bin/python3 bench/gen.py "$W/data" 100000
 source bench/lib.sh

@@ -109,9 +109,9 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((BENCH_HOLD + 200))
 fi
 
 # ---------------------------------------------------------------------------------------------
-log "build: cargo build --release --bins; cargo bench --bench greylist --no-run; cc null_filter.c"
+log "build: cargo build --release --workspace --bins; cargo bench --bench greylist --no-run; cc null_filter.c"
 tb=$SECONDS
-cargo build --release --bins >"$W/build.log" 2>&1 || { tail -30 "$W/build.log" >&2; die "cargo build failed"; }
+cargo build --release --workspace --bins >"$W/build.log" 2>&1 || { tail -30 "$W/build.log" >&2; die "cargo build failed"; }
 if want greylist; then
   cargo bench --bench greylist --no-run >>"$W/build.log" 2>&1 || { tail -30 "$W/build.log" >&2; die "cargo bench --no-run failed"; }
 fi

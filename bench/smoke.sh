@@ -24,8 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "smoke: cargo build --bins (debug)"
-cargo build --bins
+echo "smoke: cargo build --workspace --bins (debug: mxsentry, and milterload from tools/milterload)"
+cargo build --workspace --bins
 
 # A free loopback port (bound and released; the daemon binds it right after).
 port_pick() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \

@@ -19,6 +19,7 @@ pub mod explain;
 pub mod import;
 pub mod log_limit;
 pub mod lookups;
+pub mod manpage;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;

@@ -80,6 +80,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Write the man pages mxsentry.8 and milter.toml.5 into DIR (packaging; hidden).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -174,6 +177,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
+        Command::GenerateMan { dir } => {
+            match mxsentry::manpage::write_pages(&dir, <Cli as clap::CommandFactory>::command()) {
+                Ok(paths) => {
+                    for p in paths {
+                        println!("{}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig { config } => match policy::load(&config) {
             Ok((_, policy)) => {
                 let (access, regex) = policy.rule_counts();

@@ -2,9 +2,10 @@
 # THE test command of mxsentry:  bash tests/run-all.sh
 # Runs, and stops at the first failing step with a clear message:
 #   1. cargo fmt --check                              (CI requires formatting clean)
-#   2. cargo clippy --locked --all-targets -- -D warnings (and fmt + clippy of the fuzz crate)
-#   3. cargo build --locked --all-targets
-#   4. cargo test --locked
+#   2. cargo clippy --locked --workspace --all-targets -- -D warnings (and fmt + clippy of the fuzz crate)
+#   3. cargo build --locked --workspace --all-targets
+#   4. cargo test --locked --workspace
+#   (--workspace: the load generator is the member tools/milterload; the root alone is mxsentry)
 #   5. bash tests/e2e/run.sh   (real Postfix, sendmail, miltertest, DNS on loopback; needs root and
 #      the packages of tests/testbed/install.sh -- .ci/run installs them)
 #   (4b. bash bench/smoke.sh: builds the load generator, 10 s protocol scenario, no thresholds)
@@ -27,9 +28,9 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
   step "cargo fmt --check"
   cargo fmt --version >/dev/null 2>&1 || die "rustfmt is not installed (rustup component add rustfmt)"
   cargo fmt --all -- --check || die "cargo fmt --check: code is not formatted (run: cargo fmt --all)"
-  step "cargo clippy --all-targets -- -D warnings"
+  step "cargo clippy --workspace --all-targets -- -D warnings"
   cargo clippy --version >/dev/null 2>&1 || die "clippy is not installed (rustup component add clippy)"
-  cargo clippy --locked --all-targets -- -D warnings || die "cargo clippy found warnings (see above)"
+  cargo clippy --locked --workspace --all-targets -- -D warnings || die "cargo clippy found warnings (see above)"
   # The fuzz crate is outside the workspace: lint it here, so a change of the library's API
   # that breaks a target shows in a minute, not after the tests.
   step "the fuzz crate: cargo fmt --check, cargo clippy -- -D warnings"
@@ -38,11 +39,11 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
     || die "the fuzz crate does not build cleanly (see above; fuzz/Cargo.lock stale? cargo fetch --manifest-path fuzz/Cargo.toml)"
 fi
 
-step "cargo build --locked --all-targets"
-cargo build --locked --all-targets || die "cargo build failed"
+step "cargo build --locked --workspace --all-targets"
+cargo build --locked --workspace --all-targets || die "cargo build failed"
 
-step "cargo test --locked"
-cargo test --locked || die "cargo test failed"
+step "cargo test --locked --workspace"
+cargo test --locked --workspace || die "cargo test failed"
 
 step "benchmark smoke (bench/smoke.sh: load generator, 10 s protocol scenario, no thresholds)"
 bash bench/smoke.sh || die "the benchmark smoke failed"

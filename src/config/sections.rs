@@ -540,7 +540,7 @@ pub struct GreylistConfig {
     /// Database file of the embedded store. Default: `/var/lib/mxsentry/greylist.db`.
     #[serde(deserialize_with = "de::one::<_, de::PathP>")]
     pub path: PathBuf,
-    /// Redis server (`redis://`, `rediss://` or `unix://`). Default: `redis://127.0.0.1:6379/0`.
+    /// Redis server (`redis://` or `unix://`; no `rediss://`: no TLS in this build). Default: `redis://127.0.0.1:6379/0`.
     #[serde(deserialize_with = "de::one::<_, de::RedisUrlP>")]
     pub redis_url: String,
     /// How often the embedded store commits durably (group commit): what `kill -9` can lose at

@@ -462,7 +462,7 @@ fn replies_are_checked_with_their_line() {
 #[test]
 fn enums_and_bad_variants() {
     let c = parse(
-        "[milter]\nmode = \"dry-run\"\n[helo]\naction = \"tag\"\n[dns]\ntemp_failure = \"ignore\"\n[greylist]\nstore = \"redis\"\nredis_url = \"rediss://cache:6380/1\"\n[log]\nformat = \"json\"\nlevel = \"info,mxsentry=debug\"\n",
+        "[milter]\nmode = \"dry-run\"\n[helo]\naction = \"tag\"\n[dns]\ntemp_failure = \"ignore\"\n[greylist]\nstore = \"redis\"\nredis_url = \"redis://cache:6380/1\"\n[log]\nformat = \"json\"\nlevel = \"info,mxsentry=debug\"\n",
     )
     .unwrap();
     assert_eq!(c.milter.mode, Mode::DryRun);
@@ -481,6 +481,12 @@ fn enums_and_bad_variants() {
         "unknown variant `block`",
     );
     error_at("[greylist]\nredis_url = \"http://x\"\n", 2, "redis://");
+    // What `run` refuses, check-config refuses too (the store's own check).
+    error_at(
+        "[greylist]\nredis_url = \"rediss://cache:6380/1\"\n",
+        2,
+        "rediss:// (Redis over TLS) is not supported",
+    );
     error_at("[log]\nlevel = \"\"\n", 2, "must not be empty");
 }
 

@@ -175,27 +175,7 @@ impl RedisStore {
     /// warning and returns a store that connects by itself once Redis is up (calls fail open
     /// meanwhile).
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
-        let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
-        match scheme.as_str() {
-            "redis" | "unix" | "redis+unix" => {}
-            "rediss" => {
-                return Err(StoreError::Unavailable(
-                    "rediss:// (Redis over TLS) is not supported by this build of mxsentry: use \
-                     redis:// on loopback or a private network, unix:///path/redis.sock, or a \
-                     TLS tunnel (stunnel, spiped, WireGuard) to the Redis server"
-                        .to_string(),
-                ))
-            }
-            _ => {
-                return Err(StoreError::Unavailable(format!(
-                    "redis_url must start with redis:// or unix://, got {:?}",
-                    redact(url)
-                )))
-            }
-        }
-        let client = Client::open(url).map_err(|e| {
-            StoreError::Unavailable(format!("invalid redis_url {:?}: {e}", redact(url)))
-        })?;
+        let client = open_client(url).map_err(StoreError::Unavailable)?;
         let info = client.get_connection_info();
         let describe = format!("{} db {}", info.addr, info.redis.db);
         let (epoch, _) = watch::channel(0u64);
@@ -801,6 +781,37 @@ fn glob_escape(s: &str) -> String {
 }
 
 /// `url` without its password, for error messages.
+/// Checks a `redis_url` the way [`RedisStore::connect`] will use it, without connecting:
+/// `check-config` and the configuration loader call this, so they refuse exactly what `run`
+/// refuses (`rediss://` included).
+pub fn check_url(url: &str) -> Result<(), String> {
+    open_client(url).map(|_| ())
+}
+
+/// The one place that decides whether a `redis_url` is usable (scheme, then the redis crate's
+/// own parse); shared by [`check_url`] and [`RedisStore::connect`].
+fn open_client(url: &str) -> Result<Client, String> {
+    let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+    match scheme.as_str() {
+        "redis" | "unix" | "redis+unix" => {}
+        "rediss" => {
+            return Err(
+                "rediss:// (Redis over TLS) is not supported by this build of mxsentry: use \
+                 redis:// on loopback or a private network, unix:///path/redis.sock, or a \
+                 TLS tunnel (stunnel, spiped, WireGuard) to the Redis server"
+                    .to_string(),
+            )
+        }
+        _ => {
+            return Err(format!(
+                "invalid redis_url {:?}: must start with redis://, unix:// or redis+unix://",
+                redact(url)
+            ))
+        }
+    }
+    Client::open(url).map_err(|e| format!("invalid redis_url {:?}: {e}", redact(url)))
+}
+
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {

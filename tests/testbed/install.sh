@@ -4,7 +4,8 @@
 #   - swaks (SMTP client), bind9-dnsutils (dig), miltertest (Lua milter driver), libmilter-dev,
 #     mount + e2fsprogs (the store fault tests: ext4 on a loop device, mkfs.ext4, e2fsck),
 #     python3 + python3-dnslib (tests/testbed/dns/server.py), sendmail-cf + m4 (builds sendmail.cf),
-#     procps + util-linux (ps, unshare, setsid)
+#     procps + util-linux (ps, unshare, setsid), groff-base + man-db (tests/manpages.rs renders the
+#     generated man pages with groff and man -l; tests/package.sh finds them with man -w)
 #   - sendmail: sendmail-bin CONFLICTS with postfix (both provide mail-transport-agent), so it is NOT
 #     installed: its .deb is downloaded and unpacked into $SENDMAIL_ROOT (/opt/testbed-sendmail), and its
 #     runtime libraries + sendmail-cf (m4 macros, no conflict) are installed normally.
@@ -22,6 +23,7 @@ fi
 timeout 900 apt-get install -y -q --no-install-recommends \
   postfix swaks bind9-dnsutils miltertest libmilter-dev python3 python3-dnslib python3-milter \
   sendmail-cf m4 libwrap0 liblockfile1 libldap-2.5-0 libdb5.3 libnsl2 libsasl2-2 procps util-linux mount e2fsprogs redis-server python3-prometheus-client \
+  groff-base man-db \
   >>"$apt_log" 2>&1 || { tail -30 "$apt_log" >&2; die "apt-get install failed (log: $apt_log)"; }
 if [ ! -x "$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail" ]; then
   tmp="$(mktemp -d)"

@@ -194,8 +194,9 @@ impl Action {
         if let Some((_, action)) = KEYWORDS.iter().find(|(k, _)| k.eq_ignore_ascii_case(word)) {
             if !trailing.is_empty() {
                 return Err(format!(
-                    "unexpected text after `{}`: `{trailing}`",
-                    word.to_ascii_uppercase()
+                    "unexpected text after `{}`: `{trailing}`{}",
+                    word.to_ascii_uppercase(),
+                    comment_hint(trailing)
                 ));
             }
             return Ok(action.clone());
@@ -225,6 +226,16 @@ impl Action {
     }
 }
 
+/// Explains a `# comment` after a rule: sendmail's makemap skips only lines that start with `#`,
+/// so a trailing comment becomes part of the value there; we refuse it rather than guess.
+fn comment_hint(trailing: &str) -> &'static str {
+    if trailing.trim_start().starts_with('#') {
+        " (a # comment must be on a line of its own: sendmail's makemap would take it as part of the value)"
+    } else {
+        ""
+    }
+}
+
 /// `s` without `prefix` (ASCII, compared case-insensitively), if it starts with it.
 pub(super) fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
@@ -246,10 +257,11 @@ fn parse_error(rest: &str) -> Result<SmtpReply, String> {
         Some(inner) => match inner.rfind('"') {
             Some(end) if end + 1 == inner.len() => &inner[..end],
             Some(end) => {
+                let trailing = &inner[end + 1..];
                 return Err(format!(
-                    "unexpected text after the closing quote: `{}`",
-                    &inner[end + 1..]
-                ))
+                    "unexpected text after the closing quote: `{trailing}`{}",
+                    comment_hint(trailing)
+                ));
             }
             None => return Err(format!("unterminated quote in `{reply}`")),
         },
@@ -347,6 +359,11 @@ mod tests {
         assert_eq!(Action::parse(" "), Err("empty action".to_string()));
         let e = Action::parse("REJECT # spammer").unwrap_err();
         assert!(e.starts_with("unexpected text after `REJECT`"), "{e}");
+        assert!(e.contains("must be on a line of its own"), "{e}");
+        let e = Action::parse("ERROR:\"550 no\" # why").unwrap_err();
+        assert!(e.contains("must be on a line of its own"), "{e}");
+        let e = Action::parse("REJECT now").unwrap_err();
+        assert!(!e.contains("line of its own"), "{e}");
         assert!(Action::parse("QUARANTINE:why")
             .unwrap_err()
             .contains("unsupported"));
