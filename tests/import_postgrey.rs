@@ -49,12 +49,21 @@ impl Postgrey {
             .stderr(std::fs::File::create(dbdir.with_extension("log")).unwrap())
             .spawn()
             .unwrap();
+        let mut pg = Postgrey { child, port };
+        let log = || std::fs::read_to_string(dbdir.with_extension("log")).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "postgrey never listened");
+            if let Some(status) = pg.child.try_wait().unwrap() {
+                panic!("postgrey exited ({status}):\n{}", log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgrey never listened:\n{}",
+                log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Postgrey { child, port }
+        pg
     }
 
     /// One policy-delegation request as Postfix sends it; `at` is postgrey's
