@@ -223,3 +223,65 @@ pub async fn import(config: &Config, dbdir: &Path, s: &PostgreySettings) -> Resu
     let (written, late) = crate::admin::put_entries(config, &live).await?;
     Ok(plan.report(config, expired, written, late))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_expired_and_skipped_records_are_reported() {
+        let text = "[greylist]\nautowhite = \"1d\"\nretry_window = \"2d\"\npool_by_rdns = false\n\
+                    ipv4_prefix = 16\n";
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        let s = PostgreySettings::default();
+        let now = 1_700_000_000u64;
+        let mut plan = Plan::default();
+        let record = |net: &str, first: u64, last: u64| {
+            (
+                format!("{net}/a@b.example/c@d.example"),
+                format!("{first},{last}"),
+            )
+        };
+        // two postgrey /24s inside our /16: one key; the passed record wins over the pending
+        for (k, v) in [
+            record("192.0.2.0", now - 100, now - 90),
+            record("192.0.3.0", now - 1000, now - 600),
+            // passed 3 days ago: past autowhite (1d)
+            record("198.51.100.0", now - 3 * 86_400, now - 3 * 86_400 + 400),
+            (
+                "5281d785ecd04f993e29cb1713bfdb07353c30da".to_owned(),
+                "1,2".to_owned(),
+            ),
+        ] {
+            plan.triplet(k.as_bytes(), v.as_bytes(), &s, &config);
+        }
+        let (live, expired) = plan.live_entries(now);
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].0, "t:192.0.0.0/16|a@b.example|c@d.example");
+        assert_eq!(live[0].1.passed, 1);
+        assert_eq!(expired, [1, 0, 0]);
+        let report = plan.report(&config, expired, 1, 0);
+        assert_eq!(
+            report.lines().collect::<Vec<_>>(),
+            vec![
+                "postgrey.db: 4 triplets read: 2 passed, 1 pending, 1 skipped",
+                "postgrey_clients.db: 0 clients read: 0 autowhitelisted, 0 skipped",
+                "skipped 1: hashed by postgrey --privacy: the addresses cannot be recovered \
+                 (first: 5281d785ecd04f993e29cb1713bfdb07353c30da = 1,2)",
+                "expired 1: passed triplets last seen more than greylist.autowhite (1d) ago",
+                "merged 1: records with the same mxsentry key (kept: passed over pending, then \
+                 the one seen last)",
+                "written 1 entries",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_are_written_in_their_largest_unit() {
+        assert_eq!(duration_text(35 * 86_400), "35d");
+        assert_eq!(duration_text(36 * 3_600), "36h");
+        assert_eq!(duration_text(300), "5m");
+        assert_eq!(duration_text(301), "301s");
+        assert_eq!(duration_text(0), "0s");
+    }
+}
