@@ -16,6 +16,7 @@ pub mod config;
 pub mod decision_log;
 pub mod dns;
 pub mod explain;
+pub mod import;
 pub mod log_limit;
 pub mod lookups;
 pub mod metrics;

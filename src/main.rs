@@ -75,6 +75,52 @@ enum Command {
         #[command(subcommand)]
         command: AccessCommand,
     },
+    /// Work with configurations: import another daemon's.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a milter.toml fragment for another daemon's configuration and write the rule files
+    /// it needs; every line that does not map is listed on stderr as `FILE:LINE: reason`.
+    /// Exit 0: all mapped; 1: some lines not mapped; 2: unreadable input or files not written.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+}
+
+/// Where an import comes from.
+#[derive(Subcommand)]
+enum ImportSource {
+    /// milter-greylist's greylist.conf.
+    MilterGreylist {
+        /// The greylist.conf file.
+        greylist_conf: PathBuf,
+        /// Where the rule files go (allow lists, access file).
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// Overwrite rule files that exist.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Where a greylist import comes from.
+#[derive(Subcommand)]
+enum GreylistImportSource {
+    /// milter-greylist's dump file (greylist.db): greylisted tuples become pending triplets,
+    /// AUTO tuples autowhitelisted until their expiry. Exit 0: every line understood; 1: some
+    /// bad lines skipped (the rest imported); 2: unreadable dump, configuration or store.
+    MilterGreylist {
+        /// The dump file.
+        dumpfile: PathBuf,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -124,6 +170,11 @@ enum GreylistCommand {
     Purge {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Import another greylisting daemon's state.
+    Import {
+        #[command(subcommand)]
+        source: GreylistImportSource,
     },
 }
 
@@ -181,7 +232,24 @@ fn main() -> ExitCode {
             };
             explain(config, query, json)
         }
+        Command::Greylist {
+            command:
+                GreylistCommand::Import {
+                    source: GreylistImportSource::MilterGreylist { dumpfile, config },
+                },
+        } => mxsentry::import::milter_greylist::cli::greylist_import(&dumpfile, &config),
         Command::Greylist { command } => greylist(command),
+        Command::Config {
+            command:
+                ConfigCommand::Import {
+                    source:
+                        ImportSource::MilterGreylist {
+                            greylist_conf,
+                            out_dir,
+                            force,
+                        },
+                },
+        } => mxsentry::import::milter_greylist::cli::config_import(&greylist_conf, &out_dir, force),
         Command::Access {
             command: AccessCommand::Import { file },
         } => match std::fs::read_to_string(&file) {
@@ -219,6 +287,7 @@ fn greylist(command: GreylistCommand) -> ExitCode {
         | GreylistCommand::Add { config, .. }
         | GreylistCommand::Del { config, .. }
         | GreylistCommand::Purge { config } => config.clone(),
+        GreylistCommand::Import { .. } => return ExitCode::FAILURE,
     };
     let config = match mxsentry::config::Config::load(&config_path) {
         Ok(c) => c,
@@ -238,6 +307,7 @@ fn greylist(command: GreylistCommand) -> ExitCode {
             GreylistCommand::Add { target: t, .. } => admin::add(&config, &target(t)).await,
             GreylistCommand::Del { target: t, .. } => admin::del(&config, &target(t)).await,
             GreylistCommand::Purge { .. } => admin::purge(&config).await,
+            GreylistCommand::Import { .. } => Err("handled in main".into()),
         }
     });
     match result {
