@@ -232,12 +232,6 @@ fn main() -> ExitCode {
             };
             explain(config, query, json)
         }
-        Command::Greylist {
-            command:
-                GreylistCommand::Import {
-                    source: GreylistImportSource::MilterGreylist { dumpfile, config },
-                },
-        } => mxsentry::import::milter_greylist::cli::greylist_import(&dumpfile, &config),
         Command::Greylist { command } => greylist(command),
         Command::Config {
             command:
@@ -272,6 +266,12 @@ fn main() -> ExitCode {
 
 fn greylist(command: GreylistCommand) -> ExitCode {
     use mxsentry::admin;
+    let command = match command {
+        GreylistCommand::Import {
+            source: GreylistImportSource::MilterGreylist { dumpfile, config },
+        } => return mxsentry::import::milter_greylist::cli::greylist_import(&dumpfile, &config),
+        other => other,
+    };
     let target = |t: TargetArgs| admin::Target {
         client_ip: t.client_ip,
         client_name: t.client_name,
@@ -287,7 +287,7 @@ fn greylist(command: GreylistCommand) -> ExitCode {
         | GreylistCommand::Add { config, .. }
         | GreylistCommand::Del { config, .. }
         | GreylistCommand::Purge { config } => config.clone(),
-        GreylistCommand::Import { .. } => return ExitCode::FAILURE,
+        GreylistCommand::Import { .. } => return ExitCode::FAILURE, // returned above
     };
     let config = match mxsentry::config::Config::load(&config_path) {
         Ok(c) => c,
@@ -307,7 +307,7 @@ fn greylist(command: GreylistCommand) -> ExitCode {
             GreylistCommand::Add { target: t, .. } => admin::add(&config, &target(t)).await,
             GreylistCommand::Del { target: t, .. } => admin::del(&config, &target(t)).await,
             GreylistCommand::Purge { .. } => admin::purge(&config).await,
-            GreylistCommand::Import { .. } => Err("handled in main".into()),
+            GreylistCommand::Import { .. } => Err("returned above".into()),
         }
     });
     match result {

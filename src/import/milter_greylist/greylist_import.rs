@@ -4,7 +4,8 @@
 //! running daemon).
 //!
 //! Memory: one 16-byte digest and one entry per distinct key (to merge duplicates that are
-//! far apart in the file), not the keys themselves; a million tuples take ~100 MB at most.
+//! far apart in the file), not the keys themselves: a million-tuple import peaks at ~250 MB,
+//! the store's own cache included (docs/greylisting.md).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
