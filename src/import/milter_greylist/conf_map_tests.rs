@@ -181,3 +181,43 @@ fn selective_greylisting_and_defaults_are_reported() {
     );
     assert_eq!(entries(&m, rules::RECIPIENTS), vec![r"/a\+@x/", "/b+@x/"]);
 }
+
+#[test]
+fn dnsrbl_whitelist_old_forms_and_syntax_errors() {
+    let m = map(
+        "dnsrbl \"WL\" list.dnswl.example 127.0.10.0/24\n\
+         racl whitelist dnsrbl \"WL\"\n\
+         racl whitelist not addr 192.0.2.1\n\
+         racl whitelist list \"nobody\"\n\
+         racl blacklist msg \"unterminated\n\
+         testmode\n\
+         rcpt user@example.org\n",
+        "g.conf",
+        Path::new("/d"),
+    );
+    assert!(
+        m.toml.contains("[[dnsbl.allow_zones]]  # g.conf:2\nzone = \"list.dnswl.example\"\nreturncodes = [\"127.0.10.0-127.0.10.255\"]"),
+        "{}",
+        m.toml
+    );
+    let reasons: Vec<String> = m
+        .unmapped
+        .iter()
+        .map(|(l, r)| format!("{l}: {r}"))
+        .collect();
+    assert_eq!(reasons.len(), 5, "{reasons:#?}");
+    assert!(reasons[0].starts_with("3: negated clause"), "{reasons:#?}");
+    assert!(
+        reasons[1].starts_with("4: list \"nobody\" is not defined"),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons[2].starts_with("5: unterminated quoted string"),
+        "{reasons:#?}"
+    );
+    assert!(reasons[3].starts_with("6: testmode"), "{reasons:#?}");
+    assert!(
+        reasons[4].starts_with("7: rcpt in test mode"),
+        "{reasons:#?}"
+    );
+}

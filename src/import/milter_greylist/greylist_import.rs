@@ -240,3 +240,62 @@ fn digest(key: &str) -> [u8; 16] {
     out.copy_from_slice(&d[..16]);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 4.2 dump (two sections, autowhite.c's `%ld AUTO # date` lines, pending.c's
+    /// `%ld # date`), with times around now.
+    fn dump_42(now: u64) -> String {
+        format!(
+            "#\n# milter-greylist databases, dumped by milter-greylist-4.2.7 on 2011-05-06 07:08:09.\n\
+             # DO NOT EDIT while milter-greylist is running, changes will be overwritten.\n#\n\
+             \n\n#\n# greylisted tuples\n#\n# Sender IP\tSender e-mail\tRecipient e-mail\tTime accepted\n\
+             192.0.2.1\t<a@x.example>\t<u@example.org>\t{p} # 2011-05-06 07:38:09\n\
+             192.0.2.2\t<a@x.example>\t<u@example.org>\t{p2} # 2011-05-06 07:38:09\n\
+             \n\n#\n# Auto-whitelisted tuples\n#\n# Sender IP\tSender e-mail\tRecipient e-mail\tExpire\n\
+             192.0.2.3\t<b@x.example>\t<u@example.org>\t{a} AUTO # 2011-05-07 07:08:09\n\
+             #\n# Summary: 3 records, 2 greylisted, 1 whitelisted\n#\n",
+            p = now + 600,
+            p2 = now + 300,
+            a = now + 86_400
+        )
+    }
+
+    #[tokio::test]
+    async fn two_section_dump_into_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.greylist.path = dir.path().join("greylist.db");
+        let dump = dir.path().join("greylist.db.mg");
+        std::fs::write(&dump, dump_42(unix_now())).unwrap();
+        let mut reported = Vec::new();
+        let summary = import(&config, &dump, &mut |l| reported.push(l))
+            .await
+            .unwrap();
+        assert!(summary.two_sections);
+        assert_eq!(summary.version.as_deref(), Some("4.2.7"));
+        assert_eq!(
+            (
+                summary.greylisted,
+                summary.autowhitelisted,
+                summary.merged,
+                summary.bad
+            ),
+            (2, 1, 1, 0)
+        );
+        assert_eq!(
+            (summary.imported_pending, summary.imported_autowhite),
+            (1, 1)
+        );
+        // 192.0.2.1 and .2 share 192.0.2.0/24: the one acceptable first (line 12) is kept
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert!(
+            reported[0].ends_with("kept the greylisted tuple acceptable first (line 12)"),
+            "{reported:?}"
+        );
+        let text = summary.text("greylist.db");
+        assert!(text.contains("milter-greylist-4.2.7 dump of 2011-05-06 07:08:09 (two sections, milter-greylist 4.3.1 or older), 22 lines"), "{text}");
+    }
+}
