@@ -249,7 +249,7 @@ fn config_import_writes_a_fragment_and_files_check_config_accepts() {
     // some lines do not map: exit 1, everything else written
     assert_eq!(code, 1, "{fragment}{err}");
     assert!(
-        err.contains(&format!("{conf}:5: not mapped: socket: ")),
+        err.contains(&format!("{conf}:5: not mapped: socket: set [milter] listen = \"unix:/var/run/milter-greylist/milter-greylist.sock\"")),
         "{err}"
     );
     assert!(

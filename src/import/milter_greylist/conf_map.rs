@@ -151,6 +151,19 @@ fn statement(st: &mut State, s: &Statement, whitelist_default: bool) -> Result<(
                 whitelist_default,
             );
         }
+        "socket" => {
+            let listen = match args.first() {
+                Some(Token::Quoted(path) | Token::Word(path)) => listen_spec(path),
+                _ => None,
+            };
+            return Err(match listen {
+                Some(l) => format!(
+                    "socket: set [milter] listen = {} so the MTA's milter line keeps working once milter-greylist is stopped",
+                    toml_str(&l)
+                ),
+                None => unmapped_reason("socket"),
+            });
+        }
         other => return Err(unmapped_reason(other)),
     }
     Ok(())
@@ -180,6 +193,21 @@ fn unmapped_reason(keyword: &str) -> String {
         _ => "unknown statement",
     };
     format!("{keyword}: {why}")
+}
+
+/// milter-greylist's socket (libmilter's `local:/path`, `unix:/path`, `/path`,
+/// `inet:PORT@HOST`, `inet6:PORT@HOST`) as our `listen`.
+fn listen_spec(socket: &str) -> Option<String> {
+    if let Some(path) = socket
+        .strip_prefix("local:")
+        .or_else(|| socket.strip_prefix("unix:"))
+    {
+        return Some(format!("unix:{path}"));
+    }
+    if socket.starts_with('/') {
+        return Some(format!("unix:{socket}"));
+    }
+    (socket.starts_with("inet:") || socket.starts_with("inet6:")).then(|| socket.to_owned())
 }
 
 fn prefix(word: &str, max: u8) -> Result<u8, String> {

@@ -37,7 +37,18 @@ fn every_line_that_does_not_map_is_listed_with_its_number() {
         m.unmapped
     );
     let reason = |line: usize| &m.unmapped.iter().find(|(l, _)| *l == line).unwrap().1;
-    assert!(reason(5).contains("[milter] listen"));
+    assert!(
+        reason(5).contains(
+            "set [milter] listen = \"unix:/var/run/milter-greylist/milter-greylist.sock\""
+        ),
+        "{}",
+        reason(5)
+    );
+    assert!(
+        reason(28).starts_with("from /^no-bracket@/: anchored with ^"),
+        "{}",
+        reason(28)
+    );
     assert!(reason(17).contains("redis"));
     assert!(reason(28).contains("never matched"));
     assert!(reason(29).contains("combines 2 clauses (addr AND rcpt)"));
@@ -220,4 +231,16 @@ fn dnsrbl_whitelist_old_forms_and_syntax_errors() {
         reasons[4].starts_with("7: rcpt in test mode"),
         "{reasons:#?}"
     );
+}
+
+#[test]
+fn data_stage_blacklists_map_whitelists_do_not() {
+    let m = map(
+        "dacl blacklist addr 192.0.2.9\ndacl whitelist addr 192.0.2.10\ndacl greylist default\n",
+        "g.conf",
+        Path::new("/d"),
+    );
+    assert_eq!(entries(&m, rules::ACCESS), vec!["Connect:192.0.2.9 REJECT"]);
+    let lines: Vec<usize> = m.unmapped.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, vec![2, 3], "{:?}", m.unmapped);
 }

@@ -66,6 +66,24 @@ pub fn allow(
     value: &Token,
     extended: bool,
 ) -> Result<(), String> {
+    allow_entry(r, line, kind, value, extended).map_err(|e| with_clause(kind, value, e))
+}
+
+fn with_clause(kind: &str, value: &Token, e: String) -> String {
+    if e.starts_with(kind) {
+        e
+    } else {
+        format!("{kind} {}: {e}", value.show())
+    }
+}
+
+fn allow_entry(
+    r: &mut Rules,
+    line: usize,
+    kind: &str,
+    value: &Token,
+    extended: bool,
+) -> Result<(), String> {
     let entry = match (kind, value) {
         ("addr", Token::Word(w)) => network(w)?.to_string(),
         ("domain", Token::Word(w)) => domain_entry(w)?,
@@ -92,6 +110,17 @@ pub fn allow(
 
 /// A `racl blacklist` clause → an access entry or a sender regex rule.
 pub fn deny(
+    r: &mut Rules,
+    line: usize,
+    kind: &str,
+    value: &Token,
+    action: &str,
+    extended: bool,
+) -> Result<(), String> {
+    deny_entry(r, line, kind, value, action, extended).map_err(|e| with_clause(kind, value, e))
+}
+
+fn deny_entry(
     r: &mut Rules,
     line: usize,
     kind: &str,
