@@ -75,7 +75,7 @@ enum Command {
         #[command(subcommand)]
         command: AccessCommand,
     },
-    /// Configuration helpers.
+    /// Work with configurations: import another daemon's.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -87,23 +87,45 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Map another greylisting daemon's configuration: prints a milter.toml fragment, writes
-    /// the rule files into --out-dir, lists every line not mapped as `FILE:LINE: reason`
-    /// (exit 1 when some were not mapped, 2 on unreadable input).
+    /// Print a milter.toml fragment for another daemon's configuration and write the rule files
+    /// it needs; every line that does not map is listed on stderr as `FILE:LINE: reason`.
+    /// Exit 0: all mapped; 1: some lines not mapped; 2: unreadable input or files not written.
     Import {
         #[command(subcommand)]
         source: ImportSource,
     },
 }
 
+/// Where a config import comes from.
 #[derive(Subcommand)]
 enum ImportSource {
+    /// milter-greylist's greylist.conf.
+    MilterGreylist {
+        /// The greylist.conf file.
+        greylist_conf: PathBuf,
+        /// Where the rule files go (allow lists, access file).
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// Overwrite rule files that exist.
+        #[arg(long)]
+        force: bool,
+    },
     /// postgrey's whitelist files and command-line settings.
     Postgrey(mxsentry::import::postgrey::cli::ConfigImportArgs),
 }
 
+/// Where a greylist import comes from.
 #[derive(Subcommand)]
 enum GreylistImportSource {
+    /// milter-greylist's dump file (greylist.db): greylisted tuples become pending triplets,
+    /// AUTO tuples autowhitelisted until their expiry. Exit 0: every line understood; 1: some
+    /// bad lines skipped (the rest imported); 2: unreadable dump, configuration or store.
+    MilterGreylist {
+        /// The dump file.
+        dumpfile: PathBuf,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// postgrey's postgrey.db and postgrey_clients.db (read with db_dump from db5.3-util).
     Postgrey(mxsentry::import::postgrey::cli::GreylistImportArgs),
 }
@@ -257,6 +279,12 @@ fn main() -> ExitCode {
 
 fn greylist(command: GreylistCommand) -> ExitCode {
     use mxsentry::admin;
+    let command = match command {
+        GreylistCommand::Import {
+            source: GreylistImportSource::MilterGreylist { dumpfile, config },
+        } => return mxsentry::import::milter_greylist::cli::greylist_import(&dumpfile, &config),
+        other => other,
+    };
     let target = |t: TargetArgs| admin::Target {
         client_ip: t.client_ip,
         client_name: t.client_name,
@@ -275,6 +303,10 @@ fn greylist(command: GreylistCommand) -> ExitCode {
         GreylistCommand::Import {
             source: GreylistImportSource::Postgrey(args),
         } => args.config.clone(),
+        // Answered at the top of this function.
+        GreylistCommand::Import {
+            source: GreylistImportSource::MilterGreylist { .. },
+        } => return ExitCode::FAILURE,
     };
     let config = match mxsentry::config::Config::load(&config_path) {
         Ok(c) => c,
@@ -297,6 +329,9 @@ fn greylist(command: GreylistCommand) -> ExitCode {
             GreylistCommand::Import {
                 source: GreylistImportSource::Postgrey(args),
             } => mxsentry::import::postgrey::cli::greylist_import(&config, &args).await,
+            GreylistCommand::Import {
+                source: GreylistImportSource::MilterGreylist { .. },
+            } => Err("answered above".into()),
         }
     });
     match result {
@@ -310,6 +345,17 @@ fn greylist(command: GreylistCommand) -> ExitCode {
 
 fn config_import(source: ImportSource) -> ExitCode {
     let outcome = match source {
+        ImportSource::MilterGreylist {
+            greylist_conf,
+            out_dir,
+            force,
+        } => {
+            return mxsentry::import::milter_greylist::cli::config_import(
+                &greylist_conf,
+                &out_dir,
+                force,
+            )
+        }
         ImportSource::Postgrey(args) => {
             mxsentry::import::postgrey::whitelists::run(&args.to_import())
         }

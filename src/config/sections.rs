@@ -554,6 +554,15 @@ pub struct GreylistConfig {
     pub max_uncommitted: u64,
     /// Store hashed triplet keys instead of addresses (privacy). Default: false.
     pub hash_keys: bool,
+    /// Greylist-only allow lists: clients, senders and recipients that skip greylisting only.
+    /// (Keys of the issue-12 contract; the allowlists branch reads and checks the files.)
+    /// Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
+    pub allow_client_files: Vec<PathBuf>,
+    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
+    pub allow_sender_files: Vec<PathBuf>,
+    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
+    pub allow_recipient_files: Vec<PathBuf>,
     /// The 4xx reply while greylisted; `{remaining}` is the seconds left.
     /// Default: `450 4.7.1 Greylisted, try again in {remaining} seconds`.
     #[serde(deserialize_with = "de::one::<_, de::TempReplyP>")]
@@ -577,6 +586,9 @@ impl Default for GreylistConfig {
             commit_interval: Duration::from_secs(1),
             max_uncommitted: crate::store::embedded::DEFAULT_MAX_UNCOMMITTED,
             hash_keys: false,
+            allow_client_files: Vec::new(),
+            allow_sender_files: Vec::new(),
+            allow_recipient_files: Vec::new(),
             reply: "450 4.7.1 Greylisted, try again in {remaining} seconds".into(),
         }
     }
