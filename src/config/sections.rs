@@ -558,6 +558,17 @@ pub struct GreylistConfig {
     /// Default: `450 4.7.1 Greylisted, try again in {remaining} seconds`.
     #[serde(deserialize_with = "de::one::<_, de::TempReplyP>")]
     pub reply: String,
+    /// Files of clients that skip greylisting (and nothing else): IPs, networks, FCrDNS-verified
+    /// names, `/regex/`. Reloaded with SIGHUP. Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
+    pub allow_client_files: Vec<PathBuf>,
+    /// Files of senders that skip greylisting (`user@domain`, `domain`, `user@`, `@domain`,
+    /// `/regex/`). Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
+    pub allow_sender_files: Vec<PathBuf>,
+    /// Files of recipients that skip greylisting (same format as senders). Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
+    pub allow_recipient_files: Vec<PathBuf>,
 }
 
 impl Default for GreylistConfig {
@@ -578,6 +589,9 @@ impl Default for GreylistConfig {
             max_uncommitted: crate::store::embedded::DEFAULT_MAX_UNCOMMITTED,
             hash_keys: false,
             reply: "450 4.7.1 Greylisted, try again in {remaining} seconds".into(),
+            allow_client_files: Vec::new(),
+            allow_sender_files: Vec::new(),
+            allow_recipient_files: Vec::new(),
         }
     }
 }
