@@ -329,3 +329,101 @@ fn many_entries_stay_hash_lookups() {
         .client(ip("10.200.0.1"), Some("mx.host1000.example"))
         .is_none());
 }
+
+/// The files the .deb installs, by their installed path (Cargo.toml's assets).
+const SHIPPED: [(ListKind, &str, &str); 4] = [
+    (
+        ListKind::Client,
+        "/etc/mxsentry/greylist-allow-clients",
+        include_str!("../../../../packaging/greylist-allow-clients"),
+    ),
+    (
+        ListKind::Client,
+        "/etc/mxsentry/greylist-allow-clients.providers",
+        include_str!("../../../../packaging/greylist-allow-clients.providers"),
+    ),
+    (
+        ListKind::Sender,
+        "/etc/mxsentry/greylist-allow-senders",
+        include_str!("../../../../packaging/greylist-allow-senders"),
+    ),
+    (
+        ListKind::Recipient,
+        "/etc/mxsentry/greylist-allow-recipients",
+        include_str!("../../../../packaging/greylist-allow-recipients"),
+    ),
+];
+
+#[test]
+fn shipped_files_parse_and_the_packaged_config_names_them() {
+    let files: Vec<_> = SHIPPED
+        .iter()
+        .map(|(k, p, t)| (*k, Path::new(*p), *t))
+        .collect();
+    let l = AllowLists::parse(&files).unwrap();
+    // only the providers' list has entries; the others are commented examples
+    let (clients, senders, recipients) = l.counts();
+    assert!(clients > 50, "{clients}");
+    assert_eq!((senders, recipients), (0, 0));
+    let hit = l
+        .client(ip("192.0.2.1"), Some("mail-ej1-f41.google.com"))
+        .unwrap();
+    assert_eq!(
+        hit.file,
+        Path::new("/etc/mxsentry/greylist-allow-clients.providers")
+    );
+    assert!(l
+        .client(ip("192.0.2.1"), Some("a8-12.smtp-out.amazonses.com"))
+        .is_some());
+    assert!(l
+        .client(
+            ip("192.0.2.1"),
+            Some("mail-db8eur05on2101.outbound.protection.outlook.com")
+        )
+        .is_some());
+    // a cloud customer's machine is not a provider
+    assert!(l
+        .client(
+            ip("192.0.2.1"),
+            Some("ec2-192-0-2-1.compute-1.amazonaws.com")
+        )
+        .is_none());
+    // the examples are valid once uncommented
+    let uncommented: Vec<(ListKind, &Path, String)> = SHIPPED
+        .iter()
+        .map(|(k, p, t)| {
+            let text: Vec<&str> = t
+                .lines()
+                .map(|line| match line.strip_prefix('#') {
+                    Some(rest) if !rest.starts_with(' ') && !rest.is_empty() => rest,
+                    _ => line,
+                })
+                .collect();
+            (*k, Path::new(*p), text.join("\n"))
+        })
+        .collect();
+    let files: Vec<_> = uncommented
+        .iter()
+        .map(|(k, p, t)| (*k, *p, t.as_str()))
+        .collect();
+    let l = AllowLists::parse(&files).unwrap();
+    assert!(l.recipient("abuse@example.org").is_some());
+    assert!(l.sender("x@billing.partner.example").is_some());
+
+    // the packaged milter.toml names exactly these files
+    let config = crate::config::Config::parse(
+        include_str!("../../../../packaging/milter.toml"),
+        Path::new("milter.toml"),
+    )
+    .unwrap();
+    let g = &config.greylist;
+    let named: Vec<&Path> = g
+        .allow_client_files
+        .iter()
+        .chain(&g.allow_sender_files)
+        .chain(&g.allow_recipient_files)
+        .map(PathBuf::as_path)
+        .collect();
+    let shipped: Vec<&Path> = SHIPPED.iter().map(|(_, p, _)| Path::new(*p)).collect();
+    assert_eq!(named, shipped);
+}
