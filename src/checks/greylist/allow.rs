@@ -282,6 +282,11 @@ impl Regexes {
     /// The first (in file order) regex found in `text`.
     fn find(&self, text: &str) -> Option<u32> {
         let set = self.set.as_ref()?;
+        // `is_match` stops at the first match; `matches` (which one) runs every pattern, so
+        // only for the rare hit.
+        if !set.is_match(text) {
+            return None;
+        }
         let first = set.matches(text).iter().next()?;
         self.entries.get(first).copied()
     }
