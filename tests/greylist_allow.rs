@@ -116,7 +116,7 @@ fn listed_clients_skip_greylisting_and_others_do_not() {
     let s = Setup::start("");
     let d = &s.d;
     let clients = s.file("clients");
-    // unlisted: greylisted
+    // unlisted: greylisted (each greylisted triplet below is new: a 450 for the whole delay)
     assert_eq!(
         one(d, "192.0.2.50", "a@sender.test", "u@example.org"),
         GREYLISTED
@@ -159,7 +159,7 @@ fn listed_clients_skip_greylisting_and_others_do_not() {
             d,
             "192.0.2.31",
             "mta2.provider.test",
-            &[("a@sender.test", &["u@example.org"])]
+            &[("forged@sender.test", &["u@example.org"])]
         ),
         [GREYLISTED]
     );

@@ -466,6 +466,8 @@ impl Loader {
             return;
         };
         self.lists.files.push(path.to_path_buf());
+        // A byte-order mark (files saved by some Windows editors) is not part of line 1.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (i, line) in text.lines().enumerate() {
             let Some(entry) = line_entry(line) else {
                 continue;

@@ -45,6 +45,19 @@ fn comments_and_blank_lines() {
 }
 
 #[test]
+fn windows_line_ends_and_a_byte_order_mark_are_fine() {
+    let l = lists("\u{feff}192.0.2.1\r\n# c\r\nexample.com\r\n", "", "");
+    assert_eq!(
+        client(&l, "192.0.2.1", None),
+        format!("{CLIENTS}:1 (192.0.2.1)")
+    );
+    assert_eq!(
+        client(&l, "192.0.2.2", Some("mx.example.com")),
+        format!("{CLIENTS}:3 (example.com)")
+    );
+}
+
+#[test]
 fn client_entries_parse() {
     let net = |s: &str| ClientEntry::Net(s.parse().unwrap());
     assert_eq!(parse_client_entry("192.0.2.1"), Ok(net("192.0.2.1/32")));
