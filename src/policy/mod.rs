@@ -7,7 +7,8 @@
 //! 4. DNSWL: a listed client skips the IP block lists (and greylisting);
 //! 5. HELO, PTR/FCrDNS and DNSBL/RHSBL findings, each with its configured action — a temporary
 //!    DNS failure never gives a 5xx;
-//! 6. greylisting (selected by a `greylist` action; the store comes with the greylist issue);
+//! 6. greylisting (for everyone, or selected by a `greylist` action), unless the client, sender
+//!    or recipient is in a greylist allow list (`[greylist] allow_*_files`: greylisting only);
 //! 7. otherwise continue.
 //!
 //! Checks return findings, never replies; only this module chooses a reply, so logs, dry-run tags
