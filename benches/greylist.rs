@@ -6,7 +6,11 @@
 //! ones), then 5 s at a fixed 20,000 decisions/s, and print a markdown table. The Redis run
 //! starts its own `redis-server` on a free loopback port (skipped when it is not installed).
 //! With `GL_BENCH_JSONL=FILE` each backend's row is also appended to FILE as one JSON line
-//! (bench/run.sh's greylist scenario reads it).
+//! (bench/run.sh's greylist scenario reads it). With `GL_BENCH_ALLOW=M` every decision first
+//! asks greylist allow lists of about M entries (networks, verified names, addresses, a few
+//! regexes; none matches the bench's triplets, so each decision pays every lookup), as the
+//! policy does before greylisting, and the cost of those lookups alone is printed.
+//! `GL_BENCH_REDIS=off` skips the Redis run.
 
 use std::io::{Read, Write as _};
 use std::net::{IpAddr, TcpListener, TcpStream};
@@ -16,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mxsentry::checks::greylist::allow::{AllowLists, ListKind};
 use mxsentry::checks::greylist::{triplet_key, unix_now, GreylistOutcome, Greylister};
 use mxsentry::config::GreylistConfig;
 use mxsentry::store::embedded::EmbeddedStore;
@@ -97,19 +102,75 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Allow lists of about `m` entries: networks (/24 and /32) in 198.18.0.0/15, verified-name
+/// domains, sender and recipient addresses and domains, and a few regexes in each list.
+fn allow_lists(m: u64) -> AllowLists {
+    let (mut clients, mut senders, mut rcpts) = (String::new(), String::new(), String::new());
+    for i in 0..m / 2 {
+        let (a, b) = ((i >> 8) % 2, i % 256);
+        if i % 2 == 0 {
+            clients.push_str(&format!("198.{}.{b}.0/24\n", 18 + a));
+        } else {
+            clients.push_str(&format!("198.{}.{b}.{}\n", 18 + a, i % 250));
+        }
+    }
+    for i in 0..m / 4 {
+        clients.push_str(&format!("outbound.provider{i}.example\n"));
+        senders.push_str(&format!("news{i}@partner{i}.example\n"));
+        rcpts.push_str(&format!("desk{i}@\nteam{i}.example.org\n"));
+    }
+    for i in 0..10 {
+        clients.push_str(&format!("/^mta[0-9]+\\.pool{i}\\.example$/\n"));
+    }
+    for i in 0..5 {
+        senders.push_str(&format!("/^bounce{i}-[0-9]+@/\n"));
+        rcpts.push_str(&format!("/^alerts{i}\\+.*@/\n"));
+    }
+    AllowLists::parse(&[
+        (ListKind::Client, std::path::Path::new("clients"), &clients),
+        (ListKind::Sender, std::path::Path::new("senders"), &senders),
+        (ListKind::Recipient, std::path::Path::new("rcpts"), &rcpts),
+    ])
+    .expect("bench allow lists parse")
+}
+
+/// What the policy asks before greylisting: true when a list lets the recipient through.
+fn allowed(a: &AllowLists, ip: IpAddr, name: &str, sender: &str, rcpt: &str) -> bool {
+    a.client(ip, Some(name)).is_some() || a.recipient(rcpt).is_some() || a.sender(sender).is_some()
+}
+
+/// The allow-list lookups alone, one thread: nanoseconds per recipient.
+fn allow_lookup_ns(a: &AllowLists) -> f64 {
+    const ROUNDS: u64 = 1_000_000;
+    let triplets: Vec<_> = (0..1000).map(stored).collect();
+    let names: Vec<String> = (0..1000)
+        .map(|i| format!("mail-{i}.out.sender{i}.example"))
+        .collect();
+    let t0 = Instant::now();
+    let mut hits = 0u64;
+    for k in 0..ROUNDS as usize {
+        let (ip, sender, rcpt) = &triplets[k % 1000];
+        hits += u64::from(allowed(a, *ip, &names[k % 1000], sender, rcpt));
+    }
+    let ns = t0.elapsed().as_nanos() as f64 / ROUNDS as f64;
+    println!("allow lists: {:?} entries (clients, senders, recipients); {ns:.0} ns per recipient (client + recipient + sender lookups, one thread, {hits} hits)", a.counts());
+    ns
+}
+
 /// One decisions phase: 64 tasks for [`PHASE`], each alternating a stored and a new triplet;
-/// `period` paces each task (None: back to back).
+/// `period` paces each task (None: back to back). With `allow`, the allow lists are asked first.
 async fn decisions(
     g: Arc<Greylister>,
     n: u64,
     next_fresh: Arc<AtomicU64>,
     period: Option<Duration>,
+    allow: Option<Arc<AllowLists>>,
 ) -> Latencies {
     let start = Instant::now();
     let end = start + PHASE;
     let mut handles = Vec::new();
     for w in 0..TASKS {
-        let (g, next_fresh) = (g.clone(), next_fresh.clone());
+        let (g, next_fresh, allow) = (g.clone(), next_fresh.clone(), allow.clone());
         handles.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(200_000);
             let mut errors = 0u64;
@@ -136,6 +197,13 @@ async fn decisions(
                 };
                 let now = unix_now();
                 let t0 = Instant::now();
+                if let Some(a) = &allow {
+                    let name = format!("mail-{k}.out.sender{}.example", k % 7_919);
+                    if allowed(a, ip, &name, &sender, &rcpt) {
+                        lat.push(t0.elapsed());
+                        continue;
+                    }
+                }
                 let r = g.check(ip, None, &sender, &rcpt, now).await;
                 lat.push(t0.elapsed());
                 let ok = matches!(
@@ -178,6 +246,7 @@ async fn run(
     store: Arc<dyn GreylistStore>,
     n: u64,
     preload_tasks: u64,
+    allow: Option<Arc<AllowLists>>,
 ) -> (Arc<Greylister>, u64, f64, Latencies, Latencies) {
     let cfg = GreylistConfig {
         client_autowhite_after: 0,
@@ -221,11 +290,11 @@ async fn run(
     let g = Arc::new(Greylister::new(store.clone(), &cfg));
     let next_fresh = Arc::new(AtomicU64::new(1 << 40));
     // 2. Full speed, then paced at RATE.
-    let full = decisions(g.clone(), n, next_fresh.clone(), None).await;
+    let full = decisions(g.clone(), n, next_fresh.clone(), None, allow.clone()).await;
     print_phase(backend, "full speed, 64 tasks", &full);
     store.flush().await.expect("flush");
     let period = Duration::from_secs_f64(TASKS as f64 / RATE as f64);
-    let paced = decisions(g.clone(), n, next_fresh, Some(period)).await;
+    let paced = decisions(g.clone(), n, next_fresh, Some(period), allow).await;
     print_phase(backend, &format!("paced {RATE}/s, 64 tasks"), &paced);
     store.flush().await.expect("flush");
     (g, stored_n, preload, full, paced)
@@ -244,7 +313,7 @@ fn print_phase(backend: &str, phase: &str, l: &Latencies) {
     );
 }
 
-async fn embedded(n: u64) -> Row {
+async fn embedded(n: u64, allow: Option<Arc<AllowLists>>) -> Row {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("greylist.db");
     let store = {
@@ -254,7 +323,7 @@ async fn embedded(n: u64) -> Row {
             .expect("open task")
             .expect("open embedded store")
     };
-    let (g, stored, preload_s, full, paced) = run("embedded", Arc::new(store), n, 16).await;
+    let (g, stored, preload_s, full, paced) = run("embedded", Arc::new(store), n, 16, allow).await;
     g.store().flush().await.expect("flush");
     let store_mb = std::fs::metadata(&path).map_or(f64::NAN, |m| m.len() as f64 / 1e6);
     let rss_bench = rss_mb("self");
@@ -355,7 +424,7 @@ impl Drop for RedisServer {
     }
 }
 
-async fn redis(n: u64) -> Option<Row> {
+async fn redis(n: u64, allow: Option<Arc<AllowLists>>) -> Option<Row> {
     let Some(binary) = RedisServer::binary() else {
         println!("redis: skipped (redis-server not installed)");
         return None;
@@ -363,7 +432,7 @@ async fn redis(n: u64) -> Option<Row> {
     let server = RedisServer::start(binary);
     let url = format!("redis://127.0.0.1:{}/0", server.port);
     let store = RedisStore::connect(&url).await.expect("connect to redis");
-    let (g, stored, preload_s, full, paced) = run("redis", Arc::new(store), n, 64).await;
+    let (g, stored, preload_s, full, paced) = run("redis", Arc::new(store), n, 64, allow).await;
     drop(g);
     let row = Row {
         backend: "redis",
@@ -392,8 +461,18 @@ fn main() {
         "greylist bench: N = {n}, {} worker threads",
         std::thread::available_parallelism().map_or(0, |p| p.get())
     );
-    let mut rows = vec![rt.block_on(embedded(n))];
-    rows.extend(rt.block_on(redis(n)));
+    let allow = std::env::var("GL_BENCH_ALLOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(|m| {
+            let a = allow_lists(m);
+            allow_lookup_ns(&a);
+            Arc::new(a)
+        });
+    let mut rows = vec![rt.block_on(embedded(n, allow.clone()))];
+    if std::env::var("GL_BENCH_REDIS").as_deref() != Ok("off") {
+        rows.extend(rt.block_on(redis(n, allow)));
+    }
 
     println!();
     println!("| backend | stored | preload s | decisions/s (full speed) | p50 ms | p99 ms | p99 @20k/s | store size MB | RSS MB (bench / redis-server) |");

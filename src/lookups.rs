@@ -166,6 +166,9 @@ pub struct ClientLookups {
     helo_resolve: Option<(String, Pending<HeloResolve>)>,
     /// The client name the MTA verified (forward-confirmed), if it said so.
     mta_verified_name: Option<String>,
+    /// The policy's answer for this client in the greylist allow lists (`Some(None)`: not
+    /// listed), worked out at the first recipient and kept for the rest of the connection.
+    pub greylist_allow: Option<Option<String>>,
 }
 
 impl ClientLookups {
@@ -205,6 +208,7 @@ impl ClientLookups {
             domain_lists: None,
             helo_resolve: None,
             mta_verified_name,
+            greylist_allow: None,
         }
     }
 
@@ -227,6 +231,17 @@ impl ClientLookups {
             domain_lists: Some((String::new(), Pending::ready(domain_lists))),
             helo_resolve: helo_resolve.map(|r| (String::new(), Pending::ready(r))),
             mta_verified_name: None,
+            greylist_allow: None,
+        }
+    }
+
+    /// The client's FCrDNS-verified name (looked up, or vouched for by the MTA), once the
+    /// lookup finished ([`Self::results`]); `None` without one (no PTR, forged, failed, not
+    /// looked up). Never the bare PTR name.
+    pub fn verified_name(&self) -> Option<&str> {
+        match &self.rdns.as_ref()?.state {
+            PendingState::Done(r) => r.verified_name.as_deref(),
+            _ => None,
         }
     }
 

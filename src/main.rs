@@ -216,8 +216,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match policy::load(&config) {
             Ok((_, policy)) => {
                 let (access, regex) = policy.rule_counts();
+                let allow = policy.greylist_allow_entries();
                 println!(
-                    "{}: OK ({access} access rules, {regex} regex rules)",
+                    "{}: OK ({access} access rules, {regex} regex rules, {allow} greylist allow entries)",
                     config.display()
                 );
                 ExitCode::SUCCESS

@@ -544,7 +544,6 @@ fn config_import_of_debians_whitelists_maps_every_line() {
 /// The fragment and the files it names pass `check-config`. Needs the allow-list keys
 /// (`allow_client_files`, `allow_recipient_files`) of the allowlists branch.
 #[test]
-#[ignore = "needs [greylist] allow_client_files/allow_recipient_files (allowlists branch): un-ignore after merging"]
 fn config_import_output_passes_check_config() {
     let dir = tempfile::tempdir().unwrap();
     let clients = dir.path().join("wl_clients");

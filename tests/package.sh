@@ -33,10 +33,13 @@ contents="$(dpkg-deb -c "$deb")"
 for f in ./usr/bin/mxsentry ./usr/lib/systemd/system/mxsentry.service ./usr/lib/sysusers.d/mxsentry.conf \
          ./usr/lib/tmpfiles.d/mxsentry.conf ./etc/mxsentry/milter.toml ./etc/mxsentry/access \
          ./usr/share/man/man8/mxsentry.8.gz ./usr/share/man/man5/milter.toml.5.gz \
-         ./usr/share/doc/mxsentry/docs/greylisting.md ./usr/share/doc/mxsentry/docs/reliability.md; do
+         ./usr/share/doc/mxsentry/docs/greylisting.md ./usr/share/doc/mxsentry/docs/reliability.md \
+         ./etc/mxsentry/greylist-allow-clients ./etc/mxsentry/greylist-allow-clients.providers \
+         ./etc/mxsentry/greylist-allow-senders ./etc/mxsentry/greylist-allow-recipients; do
   check "package contains $f" grep -qF " $f" <<<"$contents"
 done
 check "conffiles list milter.toml and access" bash -c "dpkg-deb -I '$deb' conffiles | grep -qx /etc/mxsentry/milter.toml && dpkg-deb -I '$deb' conffiles | grep -qx /etc/mxsentry/access"
+check "conffiles list the greylist allow files" bash -c "dpkg-deb -I '$deb' conffiles | grep -c '^/etc/mxsentry/greylist-allow-' | grep -qx 4"
 
 export DEBIAN_FRONTEND=noninteractive
 if timeout 900 apt-get install -y -q "./$deb" >/tmp/mxsentry-deb-install.log 2>&1; then

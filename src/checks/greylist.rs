@@ -27,6 +27,7 @@ use crate::checks::Finding;
 use crate::config::GreylistConfig;
 use crate::store::{Entry, GreylistStore, Instrumented, Op, Write};
 
+pub mod allow;
 pub mod keys;
 
 /// The clock the rules are given (`now`), re-exported for the callers of [`Greylister::check`].

@@ -554,19 +554,21 @@ pub struct GreylistConfig {
     pub max_uncommitted: u64,
     /// Store hashed triplet keys instead of addresses (privacy). Default: false.
     pub hash_keys: bool,
-    /// Greylist-only allow lists: clients, senders and recipients that skip greylisting only.
-    /// (Keys of the issue-12 contract; the allowlists branch reads and checks the files.)
-    /// Default: none.
-    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
-    pub allow_client_files: Vec<PathBuf>,
-    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
-    pub allow_sender_files: Vec<PathBuf>,
-    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
-    pub allow_recipient_files: Vec<PathBuf>,
     /// The 4xx reply while greylisted; `{remaining}` is the seconds left.
     /// Default: `450 4.7.1 Greylisted, try again in {remaining} seconds`.
     #[serde(deserialize_with = "de::one::<_, de::TempReplyP>")]
     pub reply: String,
+    /// Files of clients that skip greylisting (and nothing else): IPs, networks, FCrDNS-verified
+    /// names, `/regex/`. Reloaded with SIGHUP. Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
+    pub allow_client_files: Vec<PathBuf>,
+    /// Files of senders that skip greylisting (`user@domain`, `domain`, `user@`, `@domain`,
+    /// `/regex/`). Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
+    pub allow_sender_files: Vec<PathBuf>,
+    /// Files of recipients that skip greylisting (same format as senders). Default: none.
+    #[serde(deserialize_with = "de::list::<_, de::PathP>")]
+    pub allow_recipient_files: Vec<PathBuf>,
 }
 
 impl Default for GreylistConfig {
@@ -586,15 +588,15 @@ impl Default for GreylistConfig {
             commit_interval: Duration::from_secs(1),
             max_uncommitted: crate::store::embedded::DEFAULT_MAX_UNCOMMITTED,
             hash_keys: false,
+            reply: "450 4.7.1 Greylisted, try again in {remaining} seconds".into(),
             allow_client_files: Vec::new(),
             allow_sender_files: Vec::new(),
             allow_recipient_files: Vec::new(),
-            reply: "450 4.7.1 Greylisted, try again in {remaining} seconds".into(),
         }
     }
 }
 
-/// `[sender_rules]`: Postfix-style access file and sender regexes.
+/// `[sender_rules]`: sendmail access file and sender regexes.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SenderRulesConfig {

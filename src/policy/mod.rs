@@ -7,7 +7,8 @@
 //! 4. DNSWL: a listed client skips the IP block lists (and greylisting);
 //! 5. HELO, PTR/FCrDNS and DNSBL/RHSBL findings, each with its configured action — a temporary
 //!    DNS failure never gives a 5xx;
-//! 6. greylisting (selected by a `greylist` action; the store comes with the greylist issue);
+//! 6. greylisting (for everyone, or selected by a `greylist` action), unless the client, sender
+//!    or recipient is in a greylist allow list (`[greylist] allow_*_files`: greylisting only);
 //! 7. otherwise continue.
 //!
 //! Checks return findings, never replies; only this module chooses a reply, so logs, dry-run tags
@@ -26,6 +27,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::checks::greylist::allow::AllowLists;
 use crate::checks::greylist::Greylister;
 use crate::checks::helo;
 use crate::checks::rdns_mta::{self, MtaClientMacros};
@@ -136,6 +138,8 @@ pub struct Policy {
     needs: Arc<Needs>,
     /// Step 6; None where no store is open (`check-config`, `explain`).
     greylister: Option<Arc<Greylister>>,
+    /// Step 6: clients, senders and recipients that skip greylisting (and nothing else).
+    greylist_allow: AllowLists,
 }
 
 impl Policy {
@@ -159,9 +163,18 @@ impl Policy {
                 action,
             });
         }
+        let greylist_allow = AllowLists::load(&config.greylist)?;
+        let mut dns = DnsChecks::from_config(config)?;
+        if greylist_allow.needs_client_name() && config.may_greylist() {
+            // A client allow-list name is matched against the FCrDNS-verified name only: look
+            // it up even when no rDNS check is on.
+            dns.active = true;
+            dns.rdns = true;
+        }
         Ok(Policy {
             config: config.clone(),
-            dns: Arc::new(DnsChecks::from_config(config)?),
+            dns: Arc::new(dns),
+            greylist_allow,
             needs: Arc::new(needs_for(config)),
             greylister: None,
             trusted: config.trusted.clone(),
@@ -181,6 +194,12 @@ impl Policy {
     /// Number of access-file entries and regex rules loaded (for the startup/reload log line).
     pub fn rule_counts(&self) -> (usize, usize) {
         (self.rules.access.len(), self.rules.regex.len())
+    }
+
+    /// Entries of the greylist allow lists (clients + senders + recipients), for log lines.
+    pub fn greylist_allow_entries(&self) -> usize {
+        let (c, s, r) = self.greylist_allow.counts();
+        c + s + r
     }
 
     /// Attaches the greylist store (kept across reloads by the server) with this policy's rules.
@@ -337,19 +356,32 @@ impl Policy {
             });
             outcome.add(self.config.helo.action, reply, "helo", helo.as_str());
         }
-        if let Some(lookups) = lookups {
+        let mut lookups = lookups;
+        if let Some(lookups) = lookups.as_deref_mut() {
             let results = lookups.results().await;
             self.dns_findings(env, &results, &mut findings, &mut outcome);
         }
 
         // 6. Greylisting: for everyone (`greylist.enabled`) or for clients a finding selected;
-        //    never for a client an allow list vouches for (step 4).
+        //    never for a client a DNS allow list vouches for (step 4), nor for a client, sender
+        //    or recipient in a greylist allow list (which skips nothing else, and also
+        //    overrides a finding's `greylist` action).
         let greylist = outcome.greylist;
         let tags = std::mem::take(&mut outcome.tags);
         let mut verdict = outcome.verdict();
         let mut cause = outcome.cause();
         let mut headers = Vec::new();
-        let wanted = (self.config.greylist.enabled || greylist) && !outcome.allow_listed;
+        let mut wanted = (self.config.greylist.enabled || greylist) && !outcome.allow_listed;
+        if verdict == Verdict::Continue && wanted {
+            if let Some(detail) = self.greylist_allowed(env, lookups) {
+                findings.push(Finding {
+                    check: "greylist",
+                    outcome: "allowed".into(),
+                    detail,
+                });
+                wanted = false;
+            }
+        }
         if verdict == Verdict::Continue && wanted {
             if let (Some(g), Some(ip)) = (&self.greylister, env.client_ip) {
                 let now = crate::checks::greylist::unix_now();
@@ -383,6 +415,49 @@ impl Policy {
         d.greylist = greylist;
         d.headers = headers;
         d
+    }
+
+    /// Step 6's allow lists: why this client, recipient or sender skips greylisting, if one
+    /// does. The client's answer is worked out once per connection and kept in its lookups.
+    fn greylist_allowed(
+        &self,
+        env: &Envelope<'_>,
+        lookups: Option<&mut ClientLookups>,
+    ) -> Option<String> {
+        if self.greylist_allow.is_empty() {
+            return None;
+        }
+        let client = |ip: IpAddr, name: Option<&str>| {
+            let hit = self.greylist_allow.client(ip, name)?;
+            let name = name.map(|n| format!(" ({n})")).unwrap_or_default();
+            Some(format!(
+                "greylisting skipped: client {ip}{name} in allow list {hit}"
+            ))
+        };
+        let client = env.client_ip.and_then(|ip| match lookups {
+            Some(l) => {
+                if l.greylist_allow.is_none() {
+                    l.greylist_allow = Some(client(ip, l.verified_name()));
+                }
+                l.greylist_allow.clone().flatten()
+            }
+            None => client(ip, None),
+        });
+        client
+            .or_else(|| {
+                let hit = self.greylist_allow.recipient(env.recipient)?;
+                let rcpt = env.recipient;
+                Some(format!(
+                    "greylisting skipped: recipient <{rcpt}> in allow list {hit}"
+                ))
+            })
+            .or_else(|| {
+                let hit = self.greylist_allow.sender(env.sender)?;
+                let sender = env.sender;
+                Some(format!(
+                    "greylisting skipped: sender <{sender}> in allow list {hit}"
+                ))
+            })
     }
 
     /// Step 3. `Some` when a rule decides: a refusal or discard from any stage, else an OK.

@@ -222,3 +222,70 @@ fn rendered_replies_stay_one_smtp_line() {
     assert_eq!(r.code, 451);
     assert!(r.to_string().len() <= 510);
 }
+
+#[test]
+fn greylist_allow_lists_skip_greylisting_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let clients = dir.path().join("clients");
+    std::fs::write(&clients, "# ours\n192.0.2.0/28\n").unwrap();
+    let rcpts = dir.path().join("rcpts");
+    std::fs::write(&rcpts, "hostmaster@\n").unwrap();
+    let p = policy_with(
+        ACCESS,
+        &format!(
+            "[greylist]\nallow_client_files = [{:?}]\nallow_recipient_files = [{:?}]\n",
+            clients.display().to_string(),
+            rcpts.display().to_string()
+        ),
+    );
+    assert_eq!(p.greylist_allow_entries(), 2);
+    let greylist = |d: &Decision| {
+        d.findings
+            .iter()
+            .filter(|f| f.check == "greylist")
+            .map(|f| format!("{} {}", f.outcome, f.detail))
+            .collect::<Vec<_>>()
+    };
+    let d = decide(&p, &env("192.0.2.10", "x@ok.example", "u@example.org"));
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert_eq!(
+        greylist(&d),
+        [format!(
+            "allowed greylisting skipped: client 192.0.2.10 in allow list {}:2 (192.0.2.0/28)",
+            clients.display()
+        )]
+    );
+    // an unlisted client is greylisted (no store here: "not_checked")
+    let d = decide(&p, &env("192.0.2.20", "x@ok.example", "u@example.org"));
+    assert_eq!(greylist(&d)[0].split(' ').next(), Some("not_checked"));
+    // a listed recipient, from any client
+    let d = decide(
+        &p,
+        &env("192.0.2.20", "x@ok.example", "HostMaster@example.org"),
+    );
+    assert_eq!(
+        greylist(&d),
+        [format!(
+            "allowed greylisting skipped: recipient <HostMaster@example.org> in allow list {}:1 (hostmaster@)",
+            rcpts.display()
+        )]
+    );
+    // every other check still applies to a listed client
+    let d = decide(&p, &env("192.0.2.10", "a@reject.example", "u@example.org"));
+    assert_eq!(d.verdict.name(), "reject");
+    // a bad line refuses the whole policy, with file and line
+    std::fs::write(&clients, "192.0.2.0/28\n\n192.0.2\n").unwrap();
+    let config = Config::parse(
+        &format!(
+            "[greylist]\nallow_client_files = [{:?}]\n",
+            clients.display().to_string()
+        ),
+        Path::new("test.toml"),
+    )
+    .unwrap();
+    let e = Policy::from_config(&config).err().unwrap();
+    assert!(
+        e.starts_with(&format!("{}:3: `192.0.2`", clients.display())),
+        "{e}"
+    );
+}

@@ -140,6 +140,7 @@ impl Server {
             mode = ?self.config.milter.mode,
             access_rules = access,
             regex_rules = regex,
+            greylist_allow_entries = policy.current().greylist_allow_entries(),
             greylist_store = store.as_ref().map_or("none", |s| s.backend()),
             max_connections = max,
             overflow_action = self.config.milter.overflow_action.name(),
@@ -275,12 +276,14 @@ pub fn reload(config_path: &std::path::Path, shared: &SharedPolicy) {
     match policy::load(config_path) {
         Ok((_config, policy)) => {
             let (access, regex) = policy.rule_counts();
+            let allow = policy.greylist_allow_entries();
             shared.replace(policy);
             metrics().reload(true);
             tracing::info!(
                 config = %config_path.display(),
                 access_rules = access,
                 regex_rules = regex,
+                greylist_allow_entries = allow,
                 "configuration reloaded"
             );
         }

@@ -4,7 +4,8 @@
 # again; the retry after the delay 250, the message at the sink with an X-Greylist header; the next
 # message of the triplet accepted at once without the header; a retry from another network of the
 # same forward-confirmed rDNS domain (192.0.2.80 alias.fcrdns.test, 2001:db8::10 good.fcrdns.test) is
-# accepted (sender pools); postmaster@ is never greylisted. Restores the config at the end.
+# accepted (sender pools); postmaster@ is never greylisted; a recipient in the greylist allow list
+# (allow_recipient_files) is accepted at once and queued. Restores the config at the end.
 # Usage: bash tests/e2e/postfix_greylist.sh   (alone it starts DNS + daemon + postfix itself)
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -26,7 +27,9 @@ reload() {
 }
 
 cp "$CONF" "$CONF.orig"
-sed -i 's/^enabled = false$/enabled = true\ndelay = "3s"\nclient_autowhite_after = 0/' "$CONF"
+ALLOW="$(mx_dir)/greylist-allow-recipients"
+printf '# e2e\ndesk@   # never delayed\n' >"$ALLOW"
+sed -i "s|^enabled = false\$|enabled = true\ndelay = \"3s\"\nclient_autowhite_after = 0\nallow_recipient_files = [\"$ALLOW\"]|" "$CONF"
 check "greylisting switched on by SIGHUP" reload
 
 FROM="gl-$R@sender.good.test"
@@ -37,6 +40,9 @@ out="$(pf 192.0.2.80 alias.fcrdns.test --from "$FROM" --to rcpt@example.org)"
 check "early retry: 450 again" reply_is "RCPT TO" "$out" '^<\*\* 450 4\.7\.1 Greylisted, try again in [0-3] seconds$'
 out="$(pf 192.0.2.80 alias.fcrdns.test --from "$FROM" --to postmaster@example.org)"
 check "postmaster@ is not greylisted" reply_is "RCPT TO" "$out" '^<-  250 '
+out="$(pf 192.0.2.80 alias.fcrdns.test --from "$FROM" --to Desk@example.org --header "X-E2E-Id: gl-allow-$R")"
+check "allow-listed recipient desk@: new triplet queued at once" grep -qE "$QUEUED" <<<"$out"
+check "the skip is logged with the allow file and line" wait_mxlog "in allow list $ALLOW:2 (desk@)"
 sleep 3.5
 out="$(pf 192.0.2.80 alias.fcrdns.test --from "$FROM" --to rcpt@example.org --header "X-E2E-Id: gl-pass-$R")"
 check "retry after the delay: RCPT TO -> 250" reply_is "RCPT TO" "$out" '^<-  250 '
