@@ -453,6 +453,14 @@ impl GreylistStore for EmbeddedStore {
         let target = self.shared.seq.load(Ordering::SeqCst);
         self.wait_durable(target).await
     }
+
+    fn commit_status(&self) -> Option<super::CommitStatus> {
+        let st = self.shared.state.borrow();
+        Some(super::CommitStatus {
+            last_commit: st.last_commit,
+            error: st.error.clone(),
+        })
+    }
 }
 
 #[cfg(test)]
