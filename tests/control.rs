@@ -513,3 +513,81 @@ fn a_second_daemon_leaves_the_first_ones_socket_alone() {
     let (r, _) = transaction(&second, "a@fine.example", RCPT);
     assert_eq!(r, Reply::Continue);
 }
+
+/// A measurement, run by hand (figures in docs/operations.md):
+/// `cargo test --release --test control -- --ignored --nocapture measure`.
+/// Imports `MXSENTRY_MEASURE_ENTRIES` (default 1,000,000) entries through the running daemon
+/// with `admin::put_entries`, lists 100,000 of them through the socket with the CLI, then the
+/// same list on the stopped store, and prints the times.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_import_and_list_through_the_daemon() {
+    let n: usize = std::env::var("MXSENTRY_MEASURE_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let opts = common::Options {
+        log_filter: "mxsentry=info",
+        ..common::Options::default()
+    };
+    let mut d = Daemon::start_opts("", GREYLIST, opts);
+    let config = mxsentry::config::Config::load(&d.config_path).unwrap();
+    let now = mxsentry::store::unix_now();
+    let entry = mxsentry::store::Entry {
+        first_seen: now - 600,
+        last_seen: now - 60,
+        passed: 1,
+        blocked: 1,
+        expires: now + 86_400,
+    };
+    let entries: Vec<(String, mxsentry::store::Entry)> = (0..n)
+        .map(|i| {
+            (
+                format!(
+                    "t:10.{}.{}.0/24|sender{i}@example.com|rcpt{}@example.org",
+                    i / 65_536 % 256,
+                    i / 256 % 256,
+                    i % 1000
+                ),
+                entry,
+            )
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (written, _) = runtime
+        .block_on(mxsentry::admin::put_entries(&config, &entries))
+        .unwrap();
+    let import = started.elapsed();
+    assert_eq!(written, n as u64);
+    println!(
+        "put_entries through the daemon: {n} entries in {:.1} s = {:.0} entries/s ({} put requests)",
+        import.as_secs_f64(),
+        n as f64 / import.as_secs_f64(),
+        d.metric("mxsentry_control_requests_total{op=\"put\",result=\"ok\"}")
+    );
+    let limit = n.min(100_000).to_string();
+    let list = |d: &Daemon, how: &str| {
+        let started = std::time::Instant::now();
+        let (code, out, err) = cmd(
+            d,
+            &["greylist", "list", "--prefix", "t:", "--limit", &limit],
+        );
+        let took = started.elapsed();
+        assert_eq!(code, 0, "{err}");
+        assert!(out.ends_with(&format!("{limit} entries\n")));
+        println!(
+            "greylist list --limit {limit} {how}: {:.2} s ({} bytes of output)",
+            took.as_secs_f64(),
+            out.len()
+        );
+    };
+    list(&d, "through the daemon");
+    println!("daemon RSS after the import: {} MiB", d.rss_kb() / 1024);
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(60)).unwrap().success());
+    list(&d, "on the stopped store (direct)");
+}

@@ -87,8 +87,9 @@ impl Connection {
     }
 
     async fn read_response(&mut self) -> Result<Response, String> {
+        let mut scanned = 0;
         loop {
-            match check_line(&self.buf, MAX_RESPONSE) {
+            match check_line(&self.buf, scanned, MAX_RESPONSE) {
                 Frame::Line(n) => {
                     let response = decode_response(&self.buf[..n]);
                     self.buf.drain(..=n);
@@ -97,12 +98,12 @@ impl Connection {
                 Frame::TooLong => {
                     return Err(format!("response longer than {MAX_RESPONSE} bytes"));
                 }
-                Frame::Incomplete => {}
+                Frame::Incomplete => scanned = self.buf.len(),
             }
-            let mut chunk = vec![0u8; 256 * 1024];
+            self.buf.reserve(256 * 1024);
             let n = self
                 .stream
-                .read(&mut chunk)
+                .read_buf(&mut self.buf)
                 .await
                 .map_err(|e| format!("{}: {e}", self.socket.display()))?;
             if n == 0 {
@@ -111,7 +112,6 @@ impl Connection {
                     self.socket.display()
                 ));
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 

@@ -231,10 +231,14 @@ pub enum Frame {
     TooLong,
 }
 
-/// Finds the first line in `buf`, allowing `max` bytes for it (newline included).
-pub fn check_line(buf: &[u8], max: usize) -> Frame {
-    match buf.iter().take(max).position(|&b| b == b'\n') {
-        Some(n) => Frame::Line(n),
+/// Finds the first line in `buf`, allowing `max` bytes for it (newline included). The first
+/// `scanned` bytes are known to hold no newline (checked by an earlier call): a long line
+/// read in many pieces is scanned once, not once per piece.
+pub fn check_line(buf: &[u8], scanned: usize, max: usize) -> Frame {
+    let end = buf.len().min(max);
+    let start = scanned.min(end);
+    match buf[start..end].iter().position(|&b| b == b'\n') {
+        Some(n) => Frame::Line(start + n),
         None if buf.len() >= max => Frame::TooLong,
         None => Frame::Incomplete,
     }
@@ -313,12 +317,17 @@ mod tests {
 
     #[test]
     fn lines_are_bounded() {
-        assert_eq!(check_line(b"abc\nrest", 10), Frame::Line(3));
-        assert_eq!(check_line(b"abc", 10), Frame::Incomplete);
-        assert_eq!(check_line(b"abcdefghij", 10), Frame::TooLong);
-        assert_eq!(check_line(b"abcdefghi\n", 10), Frame::Line(9));
-        assert_eq!(check_line(b"abcdefghijk\n", 10), Frame::TooLong);
-        assert_eq!(check_line(b"", 10), Frame::Incomplete);
+        assert_eq!(check_line(b"abc\nrest", 0, 10), Frame::Line(3));
+        assert_eq!(check_line(b"abc", 0, 10), Frame::Incomplete);
+        assert_eq!(check_line(b"abcdefghij", 0, 10), Frame::TooLong);
+        assert_eq!(check_line(b"abcdefghi\n", 0, 10), Frame::Line(9));
+        assert_eq!(check_line(b"abcdefghijk\n", 0, 10), Frame::TooLong);
+        assert_eq!(check_line(b"", 0, 10), Frame::Incomplete);
+        // resuming after bytes already scanned finds the same line
+        assert_eq!(check_line(b"abcdef\ng", 3, 10), Frame::Line(6));
+        assert_eq!(check_line(b"abcdef", 6, 10), Frame::Incomplete);
+        assert_eq!(check_line(b"ab", 5, 10), Frame::Incomplete);
+        assert_eq!(check_line(b"abcdefghij\n", 9, 10), Frame::TooLong);
     }
 
     #[test]

@@ -233,8 +233,9 @@ async fn serve(mut stream: UnixStream, ctx: &Context) {
 
 /// The next request line (without its newline); `None` at end of stream.
 async fn read_line(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+    let mut scanned = 0;
     loop {
-        match check_line(buf, MAX_REQUEST) {
+        match check_line(buf, scanned, MAX_REQUEST) {
             Frame::Line(n) => {
                 let mut line: Vec<u8> = buf.drain(..=n).collect();
                 line.pop();
@@ -243,11 +244,14 @@ async fn read_line(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<
             Frame::TooLong => {
                 return Err(format!("request longer than {MAX_REQUEST} bytes"));
             }
-            Frame::Incomplete => {}
+            Frame::Incomplete => scanned = buf.len(),
         }
-        let mut chunk = [0u8; 64 * 1024];
-        let n = stream
-            .read(&mut chunk)
+        // At most up to the bound (plus one byte to see that it is exceeded).
+        let room = (MAX_REQUEST + 1).saturating_sub(buf.len()).min(64 * 1024);
+        let mut chunk = stream.take(room as u64);
+        buf.reserve(room);
+        let n = chunk
+            .read_buf(buf)
             .await
             .map_err(|e| format!("read failed: {e}"))?;
         if n == 0 {
@@ -257,7 +261,6 @@ async fn read_line(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<
                 Err("request line without its newline".into())
             };
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
