@@ -20,6 +20,10 @@ pub const MAX_REQUEST: usize = 4 << 20;
 /// A client fills a `put` request up to about this many bytes (well under [`MAX_REQUEST`]).
 pub const BATCH_BYTES: usize = 1 << 20;
 
+/// Most entries one `list` answers (about 200 MB of JSON): the daemon's memory stays bounded
+/// whatever `--limit` an admin gives.
+pub const MAX_LIST: usize = 1_000_000;
+
 /// Longest response line a client reads (a `list` of every entry of a large store).
 pub const MAX_RESPONSE: usize = 1 << 30;
 

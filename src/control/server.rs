@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::protocol::{
     check_line, decode_request, encode_response, Frame, ReloadStatus, Request, Response, Status,
-    StoreStatus, WireEntry, MAX_REQUEST,
+    StoreStatus, WireEntry, MAX_LIST, MAX_REQUEST,
 };
 use crate::config::{Config, StoreKind};
 use crate::metrics::metrics;
@@ -295,7 +295,7 @@ async fn greylist(store: &Arc<dyn GreylistStore>, request: Request) -> Response 
     let result = match request {
         Request::List { prefix, limit } => {
             store
-                .list(&prefix, limit)
+                .list(&prefix, limit.min(MAX_LIST))
                 .await
                 .map(|rows| Response::Entries {
                     entries: rows.iter().map(|(k, e)| WireEntry::new(k, e)).collect(),
