@@ -59,7 +59,7 @@ async fn open(config: &Config) -> Result<Store, String> {
     }
     let opened = crate::store::open(&config.greylist, OpenFor::Admin).await;
     opened.map(Store::Direct).map_err(|e| {
-        if e.to_lowercase().contains("already open") || e.to_lowercase().contains("lock") {
+        if e.contains("in use by another process") {
             let socket = match config.control.socket.as_deref() {
                 Some(p) => format!("its control socket {} does not answer", p.display()),
                 None => "its control socket is off ([control] socket)".to_owned(),

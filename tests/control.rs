@@ -254,6 +254,25 @@ fn greylist_commands_open_the_store_directly_when_the_daemon_is_stopped() {
 }
 
 #[test]
+fn with_the_control_socket_off_the_commands_say_what_holds_the_store() {
+    let d = Daemon::start("", &format!("{GREYLIST}[control]\nsocket = \"off\"\n"));
+    assert!(!control_socket(&d).exists());
+    let (code, out, err) = cmd(&d, &["greylist", "list"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("another process holds the embedded store and its control socket is off"),
+        "{err}"
+    );
+    let (code, _, err) = cmd(&d, &["status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("[control] socket = \"off\""), "{err}");
+    // reload validates the file, then says it cannot reach the daemon
+    let (code, _, err) = cmd(&d, &["reload"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the running daemon cannot be asked"), "{err}");
+}
+
+#[test]
 fn status_shows_the_running_daemon() {
     let d = Daemon::start("From:x.example REJECT\n", GREYLIST);
     assert!(greylisted(&d));

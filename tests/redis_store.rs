@@ -194,7 +194,9 @@ async fn permanent_entries_keep_the_longest_ttl_and_survive_purge() {
     let server = RedisServer::start();
     let s = store(&server).await;
     let t = now();
-    s.put("t:perm", entry(t, 1, Entry::PERMANENT)).await.unwrap();
+    s.put("t:perm", entry(t, 1, Entry::PERMANENT))
+        .await
+        .unwrap();
     let ttl = || server.int(&["TTL", &format!("{KEY_PREFIX}t:perm")]);
     let hundred_years = 100 * 365 * 86_400;
     assert!(ttl() >= hundred_years - 10, "TTL {}", ttl());
@@ -210,7 +212,11 @@ async fn permanent_entries_keep_the_longest_ttl_and_survive_purge() {
     assert_eq!(step(seen, t + 10, &timing).1, GreylistOutcome::Whitelisted);
     let after = s.get("t:perm").await.unwrap().unwrap();
     assert_eq!((after.passed, after.expires), (2, Entry::PERMANENT));
-    assert!(ttl() >= hundred_years - 10, "refreshed, still TTL {}", ttl());
+    assert!(
+        ttl() >= hundred_years - 10,
+        "refreshed, still TTL {}",
+        ttl()
+    );
     assert_eq!(s.purge(t + 10 * 365 * 86_400).await, Ok(0));
     assert!(s.get("t:perm").await.unwrap().is_some());
 }
