@@ -273,6 +273,29 @@ fn with_the_control_socket_off_the_commands_say_what_holds_the_store() {
 }
 
 #[test]
+fn a_daemon_with_another_store_is_not_used() {
+    let d = Daemon::start("", GREYLIST);
+    assert!(greylisted(&d), "the daemon's store has an entry");
+    // another configuration: the same control socket, another store file
+    let other = d.config_dir().join("other.toml");
+    let other_db = d.config_dir().join("other.db");
+    std::fs::write(
+        &other,
+        format!(
+            "[greylist]\npath = \"{}\"\n[control]\nsocket = \"{}\"\n",
+            other_db.display(),
+            control_socket(&d).display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = mxsentry(&["greylist", "list", "--config", other.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "0 entries\n", "the other store, opened directly");
+    assert!(err.contains("uses the store"), "{err}");
+    assert!(err.contains("opening the store directly"), "{err}");
+}
+
+#[test]
 fn status_shows_the_running_daemon() {
     let d = Daemon::start("From:x.example REJECT\n", GREYLIST);
     assert!(greylisted(&d));

@@ -138,15 +138,25 @@ pub struct RemoteStore {
 
 impl RemoteStore {
     /// The daemon's store over `connection`; `None` when the daemon has no store open
-    /// (greylisting off in its configuration: the store can then be opened directly).
+    /// (greylisting off in its configuration: the store can then be opened directly). An
+    /// error when its store is not at `expected` ([`super::store_location`] of the caller's
+    /// configuration): the caller must not edit another store than the one it names.
     pub async fn over(
         mut connection: Connection,
         read_only: bool,
+        expected: &str,
     ) -> Result<Option<RemoteStore>, String> {
         let status = connection.status().await?;
         let Some(store) = status.store else {
             return Ok(None);
         };
+        if store.location != expected {
+            return Err(format!(
+                "the daemon answering on {} uses the store {}, not {expected}",
+                connection.socket().display(),
+                store.location
+            ));
+        }
         let backend = match store.kind.as_str() {
             "redis" => "redis",
             _ => "embedded",

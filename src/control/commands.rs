@@ -10,21 +10,23 @@ use crate::checks::greylist::rfc5322_date;
 use crate::config::Config;
 
 /// The running daemon's store, when a daemon answers on the configured control socket and has
-/// a store open; `None` means: open the store directly. A socket this user may not use is
-/// said on stderr and treated as no daemon (opening the store directly then says what holds
-/// it).
+/// this configuration's store open; `None` means: open the store directly. A socket this user
+/// may not use, or a daemon working on another store, is said on stderr and treated as no
+/// daemon (opening the store directly then says what holds it).
 pub async fn live_store(config: &Config, read_only: bool) -> Result<Option<RemoteStore>, String> {
     let Some(socket) = config.control.socket.as_deref() else {
         return Ok(None);
     };
-    match client::connect(socket).await {
-        Ok(Some(c)) => RemoteStore::over(c, read_only).await,
-        Ok(None) => Ok(None),
-        Err(e) => {
-            eprintln!("(cannot use the control socket: {e}; opening the store directly)");
-            Ok(None)
-        }
-    }
+    let expected = super::store_location(&config.greylist);
+    let live = match client::connect(socket).await {
+        Ok(Some(c)) => RemoteStore::over(c, read_only, &expected).await,
+        Ok(None) => return Ok(None),
+        Err(e) => Err(e),
+    };
+    live.or_else(|e| {
+        eprintln!("(not through the running daemon: {e}; opening the store directly)");
+        Ok(None)
+    })
 }
 
 /// Connects to the daemon named by `config`, or says why there is none.

@@ -18,3 +18,19 @@ pub mod client;
 pub mod commands;
 pub mod protocol;
 pub mod server;
+
+use crate::config::{GreylistConfig, StoreKind};
+
+/// Where a configuration's greylist store is, as `status` shows it and as the commands compare
+/// it with their own configuration's (a daemon that answers on the socket but works on another
+/// store is not used): the embedded file's canonical path, or the Redis URL without its
+/// password.
+pub fn store_location(g: &GreylistConfig) -> String {
+    match g.store {
+        StoreKind::Embedded => std::fs::canonicalize(&g.path)
+            .unwrap_or_else(|_| g.path.clone())
+            .display()
+            .to_string(),
+        StoreKind::Redis => server::without_password(&g.redis_url),
+    }
+}

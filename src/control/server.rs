@@ -19,7 +19,7 @@ use super::protocol::{
     check_line, decode_request, encode_response, Frame, ReloadStatus, Request, Response, Status,
     StoreStatus, WireEntry, MAX_LIST, MAX_REQUEST,
 };
-use crate::config::{Config, StoreKind};
+use crate::config::Config;
 use crate::metrics::metrics;
 use crate::server::SharedPolicy;
 use crate::store::{unix_now, GreylistStore, Instrumented};
@@ -47,7 +47,6 @@ pub struct Context {
 
 impl Context {
     pub fn new(config_path: &Path, config: &Config, policy: Arc<SharedPolicy>) -> Context {
-        let g = &config.greylist;
         Context {
             config_path: config_path.to_path_buf(),
             // Absolute in `status`; reloads read the path as given (a symlink may be moved).
@@ -57,10 +56,7 @@ impl Context {
                 .to_string(),
             policy,
             started_at: unix_now(),
-            store_location: match g.store {
-                StoreKind::Embedded => g.path.display().to_string(),
-                StoreKind::Redis => without_password(&g.redis_url),
-            },
+            store_location: super::store_location(&config.greylist),
         }
     }
 
@@ -74,7 +70,7 @@ impl Context {
 }
 
 /// `redis://user:secret@host/0` → `redis://user:***@host/0`.
-fn without_password(url: &str) -> String {
+pub(super) fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
