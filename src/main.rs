@@ -320,15 +320,7 @@ fn explain(config_path: PathBuf, query: mxsentry::explain::Query, json: bool) ->
                 return ExitCode::FAILURE;
             }
         };
-        // The running daemon's greylist state, read only, when it answers.
-        let (policy, live) = match mxsentry::control::commands::live_store(&config, true).await {
-            Ok(Some(store)) => (policy.with_greylist_store(std::sync::Arc::new(store)), true),
-            Ok(None) => (policy, false),
-            Err(e) => {
-                eprintln!("(greylist state not read from the daemon: {e})");
-                (policy, false)
-            }
-        };
+        let (policy, live) = mxsentry::control::commands::with_live_greylist(&config, policy).await;
         let mut explanation = mxsentry::explain::explain(&policy, &query).await;
         explanation.greylist_from_daemon = live;
         if json {

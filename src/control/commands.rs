@@ -8,6 +8,7 @@ use super::client::{self, Connection, RemoteStore};
 use super::protocol::{Request, Response, Status};
 use crate::checks::greylist::rfc5322_date;
 use crate::config::Config;
+use crate::policy::Policy;
 
 /// The running daemon's store, when a daemon answers on the configured control socket and has
 /// this configuration's store open; `None` means: open the store directly. A socket this user
@@ -27,6 +28,15 @@ pub async fn live_store(config: &Config, read_only: bool) -> Result<Option<Remot
         eprintln!("(not through the running daemon: {e}; opening the store directly)");
         Ok(None)
     })
+}
+
+/// `explain`: the policy with the running daemon's greylist store attached, read only, when
+/// the daemon answers (true), so the findings show the triplet's real state; else as it was.
+pub async fn with_live_greylist(config: &Config, policy: Policy) -> (Policy, bool) {
+    match live_store(config, true).await {
+        Ok(Some(store)) => (policy.with_greylist_store(std::sync::Arc::new(store)), true),
+        _ => (policy, false),
+    }
 }
 
 /// Connects to the daemon named by `config`, or says why there is none.
