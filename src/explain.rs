@@ -22,6 +22,9 @@ pub struct Query {
 /// The decision for each recipient.
 pub struct Explanation {
     pub decisions: Vec<(String, Decision)>,
+    /// The greylist findings come from the running daemon's store (read only: explain records
+    /// nothing); false: no store was consulted.
+    pub greylist_from_daemon: bool,
 }
 
 /// Runs the checks and the policy; must be called inside a tokio runtime.
@@ -54,7 +57,10 @@ pub async fn explain(policy: &Policy, q: &Query) -> Explanation {
         let d = policy.decide_recipient(&env, lookups.as_mut()).await;
         decisions.push((rcpt, d));
     }
-    Explanation { decisions }
+    Explanation {
+        decisions,
+        greylist_from_daemon: false,
+    }
 }
 
 impl Explanation {
@@ -69,6 +75,12 @@ impl Explanation {
             if q.helo.is_empty() { "(none)" } else { &q.helo },
             q.from
         );
+        if self.greylist_from_daemon {
+            let _ = writeln!(
+                out,
+                "greylist state: the running daemon's store (read only: explain records nothing)"
+            );
+        }
         for (rcpt, d) in &self.decisions {
             let _ = writeln!(out, "\nrcpt <{rcpt}>:");
             if d.findings.is_empty() {
@@ -125,6 +137,7 @@ impl Explanation {
             "helo": q.helo,
             "from": q.from,
             "recipients": recipients,
+            "greylist_from_daemon": self.greylist_from_daemon,
         })
         .to_string()
     }

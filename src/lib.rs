@@ -13,6 +13,7 @@ pub mod admin;
 pub mod checks;
 pub mod civil_time;
 pub mod config;
+pub mod control;
 pub mod decision_log;
 pub mod dns;
 pub mod explain;

@@ -65,7 +65,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Inspect and edit the greylist store (embedded: while the daemon is stopped; redis: any time).
+    /// Inspect and edit the greylist store: through the running daemon when it answers on its
+    /// control socket, else directly.
     Greylist {
         #[command(subcommand)]
         command: GreylistCommand,
@@ -83,6 +84,17 @@ enum Command {
     /// Write the man pages mxsentry.8 and milter.toml.5 into DIR (packaging; hidden).
     #[command(hide = true)]
     GenerateMan { dir: PathBuf },
+    /// The running daemon's state: version, uptime, configuration, connections, store.
+    Status {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate the configuration, then make the running daemon reload it; exit 1 with
+    /// `file:line: reason` on a bad file (the daemon keeps its rules) or when no daemon answers.
+    Reload {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,12 +171,16 @@ enum GreylistCommand {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
-    /// Whitelist a triplet (with --from and --rcpt) or a client.
+    /// Whitelist a triplet (with --from and --rcpt) or a client, for greylist.autowhite
+    /// (extended by each accepted delivery) or, with --permanent, until deleted.
     Add {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         #[command(flatten)]
         target: TargetArgs,
+        /// The entry never expires (remove it with `greylist del`).
+        #[arg(long)]
+        permanent: bool,
     },
     /// Delete a triplet (with --from and --rcpt) or a client entry.
     Del {
@@ -258,6 +274,12 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Import { source },
         } => config_import(source),
+        Command::Status { config } => {
+            control_command(|| mxsentry::control::commands::status(&config))
+        }
+        Command::Reload { config } => {
+            control_command(|| mxsentry::control::commands::reload(&config))
+        }
         Command::Access {
             command: AccessCommand::Import { file },
         } => match std::fs::read_to_string(&file) {
@@ -286,7 +308,8 @@ fn greylist(command: GreylistCommand) -> ExitCode {
         } => return mxsentry::import::milter_greylist::cli::greylist_import(&dumpfile, &config),
         other => other,
     };
-    let target = |t: TargetArgs| admin::Target {
+    let target = |t: TargetArgs, permanent: bool| admin::Target {
+        permanent,
         client_ip: t.client_ip,
         client_name: t.client_name,
         from: t
@@ -324,8 +347,12 @@ fn greylist(command: GreylistCommand) -> ExitCode {
             GreylistCommand::List { prefix, limit, .. } => {
                 admin::list(&config, &prefix, limit).await
             }
-            GreylistCommand::Add { target: t, .. } => admin::add(&config, &target(t)).await,
-            GreylistCommand::Del { target: t, .. } => admin::del(&config, &target(t)).await,
+            GreylistCommand::Add {
+                target: t,
+                permanent,
+                ..
+            } => admin::add(&config, &target(t, permanent)).await,
+            GreylistCommand::Del { target: t, .. } => admin::del(&config, &target(t, false)).await,
             GreylistCommand::Purge { .. } => admin::purge(&config).await,
             GreylistCommand::Import {
                 source: GreylistImportSource::Postgrey(args),
@@ -368,6 +395,24 @@ fn config_import(source: ImportSource) -> ExitCode {
     }
 }
 
+/// Runs `status` or `reload`: its output on stdout, exit 0; or its error on stderr, exit 1.
+fn control_command<F, Fut>(command: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let Some(runtime) = runtime(false) else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(command()) {
+        Ok(out) => print_output(&out),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Writes a command's output; a reader that went away (`| head`) ends it quietly, as with the
 /// usual Unix tools, instead of a panic.
 fn print_output(out: &str) -> ExitCode {
@@ -387,14 +432,16 @@ fn explain(config_path: PathBuf, query: mxsentry::explain::Query, json: bool) ->
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
-        let (_, policy) = match policy::load(&config_path) {
+        let (config, policy) = match policy::load(&config_path) {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        let explanation = mxsentry::explain::explain(&policy, &query).await;
+        let (policy, live) = mxsentry::control::commands::with_live_greylist(&config, policy).await;
+        let mut explanation = mxsentry::explain::explain(&policy, &query).await;
+        explanation.greylist_from_daemon = live;
         if json {
             print_output(&format!("{}\n", explanation.json(&query)))
         } else {

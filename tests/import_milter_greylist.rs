@@ -278,7 +278,10 @@ fn config_import_writes_a_fragment_and_files_check_config_accepts() {
     std::fs::write(&config_path, config).unwrap();
     let (code, out, err) = mxsentry(&["check-config", "--config", config_path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("OK (3 access rules, 1 regex rules, 12 greylist allow entries)"), "{out}");
+    assert!(
+        out.contains("OK (3 access rules, 1 regex rules, 12 greylist allow entries)"),
+        "{out}"
+    );
 
     // files are not overwritten without --force
     let (code, _, err) = mxsentry(&[

@@ -186,6 +186,41 @@ async fn every_key_is_prefixed_and_has_a_ttl() {
     assert_eq!(s.get("t:old").await, Ok(None));
 }
 
+/// `greylist add --permanent`: the entry keeps Redis's longest TTL (100 years) through the
+/// refresh of an accepted delivery, and purge leaves it.
+#[tokio::test]
+async fn permanent_entries_keep_the_longest_ttl_and_survive_purge() {
+    use mxsentry::checks::greylist::{step, GreylistOutcome, Timing};
+    let server = RedisServer::start();
+    let s = store(&server).await;
+    let t = now();
+    s.put("t:perm", entry(t, 1, Entry::PERMANENT))
+        .await
+        .unwrap();
+    let ttl = || server.int(&["TTL", &format!("{KEY_PREFIX}t:perm")]);
+    let hundred_years = 100 * 365 * 86_400;
+    assert!(ttl() >= hundred_years - 10, "TTL {}", ttl());
+    let timing = Timing {
+        delay: 300,
+        retry_window: 86_400,
+        autowhite: 3_600,
+    };
+    let seen = s
+        .update("t:perm", &|old| step(old, t + 10, &timing).0)
+        .await
+        .unwrap();
+    assert_eq!(step(seen, t + 10, &timing).1, GreylistOutcome::Whitelisted);
+    let after = s.get("t:perm").await.unwrap().unwrap();
+    assert_eq!((after.passed, after.expires), (2, Entry::PERMANENT));
+    assert!(
+        ttl() >= hundred_years - 10,
+        "refreshed, still TTL {}",
+        ttl()
+    );
+    assert_eq!(s.purge(t + 10 * 365 * 86_400).await, Ok(0));
+    assert!(s.get("t:perm").await.unwrap().is_some());
+}
+
 #[tokio::test]
 async fn list_delete_purge_and_len() {
     let server = RedisServer::start();

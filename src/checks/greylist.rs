@@ -18,6 +18,8 @@
 //! After `Passed` or `Whitelisted` the client's entry (`c:<client>`) counts one more accepted
 //! delivery (`expires = now + autowhite`); from `client_autowhite_after` deliveries on (0: never)
 //! the client skips greylisting ([`GreylistOutcome::ClientWhitelisted`], which refreshes it).
+//! A permanent entry (`greylist add --permanent`, [`Entry::PERMANENT`]) keeps its `expires`
+//! through every refresh.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -137,7 +139,7 @@ pub fn step(old: Option<Entry>, now: u64, t: &Timing) -> (Write, GreylistOutcome
         let e = Entry {
             last_seen: now,
             passed: old.passed.saturating_add(1),
-            expires: now.saturating_add(t.autowhite),
+            expires: old.refreshed_expiry(now, t.autowhite),
             ..old
         };
         return (Write::Put(e), GreylistOutcome::Whitelisted);
@@ -172,7 +174,7 @@ pub fn client_step(old: Option<Entry>, now: u64, t: &Timing) -> Write {
         Some(o) if !o.is_expired(now) => Entry {
             last_seen: now,
             passed: o.passed.saturating_add(1),
-            expires: now.saturating_add(t.autowhite),
+            expires: o.refreshed_expiry(now, t.autowhite),
             ..o
         },
         _ => Entry {

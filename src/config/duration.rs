@@ -54,7 +54,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Renders a duration in the largest unit that divides it exactly (`"5m"`, `"1500ms"`).
-pub(super) fn format_duration(d: Duration) -> String {
+pub fn format_duration(d: Duration) -> String {
     let millis = d.as_millis();
     if millis == 0 {
         return "0s".to_string();

@@ -8,6 +8,7 @@
 //! return codes, SMTP replies, ranges), so serde's error carries the value's span; checks that
 //! need more than one value run afterwards in `validate`.
 
+mod control;
 mod de;
 mod duration;
 mod listen;
@@ -22,8 +23,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use control::{ControlConfig, DEFAULT_CONTROL_SOCKET};
 pub use de::MIN_MAX_FRAME;
-pub use duration::parse_duration;
+pub use duration::{format_duration, parse_duration};
 pub use listen::ListenSpec;
 pub use sections::{
     Action, DnsConfig, DnsblConfig, DnsblZone, GreetingConfig, GreylistConfig, HeloConfig,
@@ -80,6 +82,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[control]`: the control socket (live administration).
+    pub control: ControlConfig,
 }
 
 impl Config {
@@ -191,6 +195,21 @@ impl Config {
                     duration::format_duration(g.retry_window)
                 ),
             ));
+        }
+        if let Some(socket) = &self.control.socket {
+            let clash = self.milter.listen.iter().any(|l| match l {
+                ListenSpec::Unix(p) => p == socket,
+                _ => false,
+            });
+            if clash {
+                return Err(error(
+                    key_line(text, "control", "socket"),
+                    format!(
+                        "control.socket {} is also a milter.listen socket: give each its own path",
+                        socket.display()
+                    ),
+                ));
+            }
         }
         for rule in &self.sender_rules.regex {
             if let Err(reason) = values::check_regex(rule.pattern.get_ref(), rule.case_insensitive)

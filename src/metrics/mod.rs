@@ -126,6 +126,15 @@ pub const GREYLIST_OPS: [&str; 7] = [
     "lookup", "record", "touch", "delete", "list", "purge", "commit",
 ];
 
+/// `op` label values of `mxsentry_control_requests_total` (`invalid`: a malformed, oversized
+/// or unknown request); anything else is `other`.
+pub const CONTROL_OPS: [&str; 9] = [
+    "status", "reload", "list", "get", "put", "delete", "purge", "flush", "invalid",
+];
+
+/// `result` label values of `mxsentry_control_requests_total`; anything else is `other`.
+pub const CONTROL_RESULTS: [&str; 2] = ["ok", "error"];
+
 /// The label value used for anything outside a family's set.
 pub const OTHER: &str = "other";
 
@@ -296,6 +305,8 @@ pub struct Metrics {
 
     reload_success: IntCounter,
     reload_failure: IntCounter,
+    /// `[op][result]`, each with `other` last.
+    control_requests: Vec<Vec<IntCounter>>,
     last_reload_success: Gauge,
     last_reload_successful: IntGauge,
 }
@@ -476,6 +487,24 @@ impl Metrics {
                  older than the file because the last reload failed.",
             ),
         );
+        let control_vec = counter_vec(
+            r,
+            "mxsentry_control_requests_total",
+            "Requests on the control socket (mxsentry status, reload, greylist ...), by \
+             operation and result.",
+            &["op", "result"],
+        );
+        let control_requests = CONTROL_OPS
+            .iter()
+            .chain([&OTHER])
+            .map(|op| {
+                CONTROL_RESULTS
+                    .iter()
+                    .chain([&OTHER])
+                    .map(|result| control_vec.with_label_values(&[*op, *result]))
+                    .collect()
+            })
+            .collect();
         let build_info = gauge_vec(
             r,
             "mxsentry_build_info",
@@ -532,6 +561,7 @@ impl Metrics {
             decision_duration,
             reload_success: reloads.with_label_values(&["success"]),
             reload_failure: reloads.with_label_values(&["failure"]),
+            control_requests,
             last_reload_success,
             last_reload_successful,
             registry,
@@ -762,6 +792,27 @@ impl Metrics {
             self.reload_failure.inc();
             self.last_reload_successful.set(0);
         }
+    }
+
+    // ---- control socket ------------------------------------------------------------------
+
+    /// One control request answered: `op` from [`CONTROL_OPS`], `result` from
+    /// [`CONTROL_RESULTS`].
+    pub fn control_request(&self, op: &str, result: &str) {
+        let o = CONTROL_OPS
+            .iter()
+            .position(|x| *x == op)
+            .unwrap_or(CONTROL_OPS.len());
+        let r = CONTROL_RESULTS
+            .iter()
+            .position(|x| *x == result)
+            .unwrap_or(CONTROL_RESULTS.len());
+        self.control_requests[o][r].inc();
+    }
+
+    /// MTA connections being served now (`mxsentry status`).
+    pub fn connections_open_now(&self) -> i64 {
+        self.connections_open.get()
     }
 
     /// Distinct finding outcomes admitted so far.

@@ -39,6 +39,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ),
     ("mxsentry_config_last_reload_successful", "gauge"),
     ("mxsentry_build_info", "gauge"),
+    ("mxsentry_control_requests_total", "counter"),
 ];
 
 /// A strict reader of the text exposition format (version 0.0.4) as the Prometheus server
@@ -671,6 +672,7 @@ fn fixed_label_sets_do_not_collide() {
     // A prefix-free first label makes any second label unambiguous.
     prefix_free(&CHECKS);
     prefix_free(&GREYLIST_BACKENDS);
+    prefix_free(&CONTROL_OPS);
     // DNS kinds are not prefix-free ("a", "aaaa"): check the full cross product instead.
     let mut seen = HashSet::new();
     for k in DNS_KINDS.iter().chain([&OTHER]) {

@@ -15,7 +15,7 @@ pub mod listener;
 pub mod overflow;
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -44,6 +44,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 pub struct SharedPolicy {
     current: RwLock<Arc<Policy>>,
     store: Option<Arc<dyn GreylistStore>>,
+    loads: Mutex<Loads>,
+}
+
+/// When the configuration in force was loaded, and how the last reload went (`mxsentry
+/// status`). Unix seconds.
+#[derive(Debug, Clone, Default)]
+pub struct Loads {
+    /// When the configuration in force was loaded (start or the last successful reload).
+    pub loaded_at: u64,
+    /// The last reload (SIGHUP or `mxsentry reload`): when, and its result.
+    pub last_reload: Option<(u64, Result<String, String>)>,
 }
 
 impl SharedPolicy {
@@ -52,12 +63,35 @@ impl SharedPolicy {
         SharedPolicy {
             current: RwLock::new(Arc::new(policy)),
             store,
+            loads: Mutex::new(Loads {
+                loaded_at: store::unix_now(),
+                last_reload: None,
+            }),
         }
     }
 
     pub fn replace(&self, policy: Policy) {
         let policy = attach(policy, &self.store);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    }
+
+    /// The greylist store the daemon holds (the control socket's handle to it).
+    pub fn store(&self) -> Option<&Arc<dyn GreylistStore>> {
+        self.store.as_ref()
+    }
+
+    /// When the configuration was loaded and how the last reload went.
+    pub fn loads(&self) -> Loads {
+        self.loads.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record_reload(&self, result: &Result<String, String>) {
+        let now = store::unix_now();
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        if result.is_ok() {
+            loads.loaded_at = now;
+        }
+        loads.last_reload = Some((now, result.clone()));
     }
 }
 
@@ -168,6 +202,12 @@ impl Server {
                 }
             });
         }
+        // The control socket never stops mail: trouble with it is a warning (control/server.rs).
+        let control = crate::control::server::start(
+            self.config.control.socket.as_deref(),
+            crate::control::server::Context::new(&self.config_path, &self.config, policy.clone()),
+            stop_rx.clone(),
+        );
         let action = m.overflow_action;
         let shared = Arc::new(Shared {
             slots: slots.clone(),
@@ -205,6 +245,9 @@ impl Server {
         let _ = stop_tx.send(true);
         for t in accept_tasks {
             let _ = t.await;
+        }
+        if let Some(c) = control {
+            let _ = c.await;
         }
         let all = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -263,7 +306,9 @@ impl Signals {
     async fn run(mut self, config_path: &std::path::Path, shared: &SharedPolicy) {
         loop {
             tokio::select! {
-                _ = self.hup.recv() => reload(config_path, shared),
+                _ = self.hup.recv() => {
+                    let _ = reload(config_path, shared);
+                }
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
             }
@@ -271,9 +316,10 @@ impl Signals {
     }
 }
 
-/// Re-reads the config and rule files; on any error keeps the policy in force.
-pub fn reload(config_path: &std::path::Path, shared: &SharedPolicy) {
-    match policy::load(config_path) {
+/// Re-reads the config and rule files; on any error keeps the policy in force. Returns what
+/// was loaded (`file: N access rules, M regex rules`) or the error (`file:line: reason`).
+pub fn reload(config_path: &std::path::Path, shared: &SharedPolicy) -> Result<String, String> {
+    let result = match policy::load(config_path) {
         Ok((_config, policy)) => {
             let (access, regex) = policy.rule_counts();
             let allow = policy.greylist_allow_entries();
@@ -286,12 +332,19 @@ pub fn reload(config_path: &std::path::Path, shared: &SharedPolicy) {
                 greylist_allow_entries = allow,
                 "configuration reloaded"
             );
+            Ok(format!(
+                "{}: {access} access rules, {regex} regex rules",
+                config_path.display()
+            ))
         }
         Err(e) => {
             metrics().reload(false);
-            tracing::error!("reload failed, keeping the running configuration: {e}")
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            Err(e.to_string())
         }
-    }
+    };
+    shared.record_reload(&result);
+    result
 }
 
 /// How often a warning that repeats (connections over the limit, out of files) is logged.

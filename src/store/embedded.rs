@@ -372,8 +372,18 @@ impl GreylistStore for EmbeddedStore {
         self.read_file(key, false).await
     }
 
+    /// A blind write: the old value is not needed, so the file is not read (an import of a
+    /// million entries through the daemon would otherwise read every key first).
     async fn put(&self, key: &str, entry: Entry) -> Result<(), StoreError> {
-        self.update(key, &|_| Write::Put(entry)).await.map(|_| ())
+        self.admit_write().await?;
+        let seq = {
+            let mut s = lock(self.shared.shard(key));
+            self.shared.write(&mut s, key, Some(entry))
+        };
+        if self.shared.commit_interval.is_zero() {
+            self.wait_durable(seq).await?;
+        }
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
@@ -452,6 +462,14 @@ impl GreylistStore for EmbeddedStore {
     async fn flush(&self) -> Result<(), StoreError> {
         let target = self.shared.seq.load(Ordering::SeqCst);
         self.wait_durable(target).await
+    }
+
+    fn commit_status(&self) -> Option<super::CommitStatus> {
+        let st = self.shared.state.borrow();
+        Some(super::CommitStatus {
+            last_commit: st.last_commit,
+            error: st.error.clone(),
+        })
     }
 }
 

@@ -38,9 +38,38 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// `expires` of an entry that never expires (`mxsentry greylist add --permanent`): no
+    /// purge removes it and accepted deliveries do not shorten it. Redis keeps it with its
+    /// longest TTL (100 years), so `volatile-ttl` eviction takes it last.
+    pub const PERMANENT: u64 = u64::MAX;
+
     pub fn is_expired(&self, now: u64) -> bool {
         self.expires <= now
     }
+
+    /// Whether the entry never expires ([`Entry::PERMANENT`]).
+    pub fn is_permanent(&self) -> bool {
+        self.expires == Entry::PERMANENT
+    }
+
+    /// The `expires` of this entry refreshed at `now` for `secs` more: a permanent entry
+    /// stays permanent.
+    pub fn refreshed_expiry(&self, now: u64, secs: u64) -> u64 {
+        if self.is_permanent() {
+            Entry::PERMANENT
+        } else {
+            now.saturating_add(secs)
+        }
+    }
+}
+
+/// What a store can tell about its durable commits (`mxsentry status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitStatus {
+    /// Unix time of the last successful commit, if any since the store was opened.
+    pub last_commit: Option<u64>,
+    /// The error of the last commit attempt when it failed.
+    pub error: Option<String>,
 }
 
 /// Seconds since the Unix epoch: the clock of [`Entry`] times.
@@ -115,4 +144,10 @@ pub trait GreylistStore: Send + Sync {
 
     /// Makes everything written so far durable (SIGTERM, admin commands).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Its commits, where the backend commits by itself (embedded); `None` otherwise (Redis:
+    /// persistence is the server's).
+    fn commit_status(&self) -> Option<CommitStatus> {
+        None
+    }
 }

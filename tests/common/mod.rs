@@ -151,6 +151,15 @@ impl Daemon {
         } else {
             (extra, format!("{db}enabled = false\n"))
         };
+        // ... and its own control socket (never the system's /run/mxsentry/control.sock).
+        let control = if extra.contains("[control]") {
+            String::new()
+        } else {
+            format!(
+                "[control]\nsocket = \"{}\"\n",
+                dir.path().join("control.sock").display()
+            )
+        };
         // ... and its own idle_timeout.
         let idle = if extra.contains("idle_timeout") {
             ""
@@ -159,7 +168,7 @@ impl Daemon {
         };
         let config = format!(
             "[milter]\nlisten = [\"inet:{port}@127.0.0.1\", \"unix:{}\"]\nhostname = \"mx.example.org\"\n\
-             {idle}{extra}\n{dns_section}{greylist_section}\
+             {idle}{extra}\n{dns_section}{greylist_section}{control}\
              [sender_rules]\naccess_file = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             socket.display(),
             access_path.display()

@@ -165,6 +165,9 @@ action = 'ERROR:"550 5.7.1 Sender banned"'
 
 [metrics]
 listen = "127.0.0.1:$METRICS_PORT"
+
+[control]
+socket = "$S/control.sock"
 EOT
 }
 

@@ -185,6 +185,23 @@ fn client_steps() {
     assert!(!client_is_whitelisted(None, now, 1));
 }
 
+#[test]
+fn permanent_entries_stay_permanent_through_deliveries() {
+    let now = 1_000_000;
+    let triplet = e(10, 1, 0, Entry::PERMANENT);
+    let (w, outcome) = step(Some(triplet), now, &T);
+    assert_eq!(outcome, GreylistOutcome::Whitelisted);
+    let w = put(w);
+    assert_eq!((w.passed, w.expires), (2, Entry::PERMANENT));
+    // years later it is still whitelisted
+    let (_, outcome) = step(Some(w), now + 10 * 365 * 86_400, &T);
+    assert_eq!(outcome, GreylistOutcome::Whitelisted);
+    let client = e(10, 5, 0, Entry::PERMANENT);
+    let w = put(client_step(Some(client), now, &T));
+    assert_eq!((w.passed, w.expires), (6, Entry::PERMANENT));
+    assert!(client_is_whitelisted(Some(&w), u64::MAX - 1, 5));
+}
+
 // ---- keys -------------------------------------------------------------------------------
 
 #[test]

@@ -40,6 +40,8 @@ pub(super) struct CommitState {
     pub(super) failed: u64,
     /// The last commit error.
     pub(super) error: Option<String>,
+    /// Unix time of the last successful commit (`mxsentry status`).
+    pub(super) last_commit: Option<u64>,
 }
 
 #[derive(Default)]
@@ -201,6 +203,7 @@ impl Shared {
                 self.state.send_modify(|st| {
                     st.durable = st.durable.max(upto);
                     st.error = None;
+                    st.last_commit = Some(crate::store::unix_now());
                 });
             }
             Err(e) => {

@@ -170,7 +170,7 @@ pub(super) fn open_error(path: &Path, e: impl Into<redb::Error>) -> OpenError {
     match e.into() {
         redb::Error::DatabaseAlreadyOpen => OpenError::InUse(format!(
             "{p}: in use by another process (is mxsentry already running with this file? \
-             stop it first, or use the Redis store to administer a live greylist)"
+             the admin commands reach a running daemon through its control socket)"
         )),
         redb::Error::UpgradeRequired(v) => OpenError::Corrupt(format!(
             "{p}: written in redb file format {v}, which this version cannot open; {CORRUPT_HINT}"
