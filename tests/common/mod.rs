@@ -281,6 +281,23 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no sample {series} in /metrics"))
     }
 
+    /// Polls `/metrics` until `series` is at least `value` (the daemon counts asynchronously:
+    /// a peer may see its connection closed before the counter moves).
+    pub fn wait_metric_at_least(&self, series: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.try_metric(series).unwrap_or(0.0);
+            if got >= value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} is {got}, never reached {value}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Polls `/metrics` until `series` has `value` (the daemon counts asynchronously).
     pub fn wait_metric(&self, series: &str, value: f64) {
         let deadline = Instant::now() + Duration::from_secs(30);
