@@ -280,6 +280,18 @@ fn a_bad_candidate_is_refused_at_start_with_file_and_line() {
     .unwrap();
     let at = format!("{}:2: ", cand.display());
     let config = config.to_str().unwrap();
+    // A good candidate is named by check-config.
+    std::fs::write(&cand, "[greylist]\nenabled = false\n").unwrap();
+    let (code, out, err) = mxsentry(&["check-config", "--config", config]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "{}: OK as shadow candidate (0 access rules, 0 regex rules)",
+            cand.display()
+        )),
+        "{out}"
+    );
+    std::fs::write(&cand, "[dnsbl]\nthreshold = \"many\"\n").unwrap();
     let (code, _, err) = mxsentry(&["check-config", "--config", config]);
     assert_eq!(code, 1);
     assert!(err.contains(&at), "{err}");
