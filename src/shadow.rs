@@ -131,8 +131,9 @@ impl ShadowSession {
             None => tokio::time::timeout(SHADOW_WAIT, shadow.decide_recipient(env, None)).await,
         };
         let verdict = match decided {
+            // Never enforced anyway: what its rules decide, whatever its `mode`.
             Ok(d) => ShadowVerdict {
-                verdict: d.verdict.name(),
+                verdict: d.would.as_ref().unwrap_or(&d.verdict).name(),
                 cause: d.cause,
             },
             Err(_) => ShadowVerdict {

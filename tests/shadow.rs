@@ -215,8 +215,9 @@ fn reload_rereads_the_candidate_and_a_bad_one_keeps_both() {
         "text line names it: {line}"
     );
 
-    // A changed candidate takes effect at reload.
-    cand.write("From:other@bad.example REJECT\n", "");
+    // A changed candidate takes effect at reload. (Its mode does not matter: never enforced,
+    // its verdict is what its rules decide.)
+    cand.write("From:other@bad.example REJECT\n", "mode = \"dry-run\"\n");
     let (code, out, err) = cmd(&d, &["reload"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
