@@ -19,10 +19,16 @@ struct Candidate {
     dir: tempfile::TempDir,
     _dns: TestDnsServer,
     path: PathBuf,
+    /// Its `[dns] timeout` (the live one's in the helper: 2s).
+    dns_timeout: &'static str,
 }
 
 impl Candidate {
     fn new(access: &str, extra: &str) -> Candidate {
+        Candidate::with_dns_timeout(access, extra, "2s")
+    }
+
+    fn with_dns_timeout(access: &str, extra: &str, dns_timeout: &'static str) -> Candidate {
         let dir = tempfile::tempdir().unwrap();
         let dns = TestDnsServer::start_in_thread(TEST_ZONE).unwrap();
         let path = dir.path().join("candidate.toml");
@@ -30,6 +36,7 @@ impl Candidate {
             dir,
             _dns: dns,
             path,
+            dns_timeout,
         };
         c.write(access, extra);
         c
@@ -47,10 +54,11 @@ impl Candidate {
         std::fs::write(&access_path, access).unwrap();
         let config = format!(
             "[milter]\nhostname = \"mx.example.org\"\n{extra}\n{greylist}\
-             [dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n\
+             [dns]\nnameservers = [\"{}\"]\ntimeout = \"{}\"\n\
              [control]\nsocket = \"off\"\n\
              [sender_rules]\naccess_file = \"{}\"\n",
             self._dns.addr,
+            self.dns_timeout,
             access_path.display()
         );
         std::fs::write(&self.path, config).unwrap();
@@ -358,4 +366,28 @@ fn a_candidate_with_a_block_list_looks_it_up_itself_and_shares_what_both_ask() {
         1.0,
     );
     assert_eq!(d.dns.queries_for("100.2.0.192.bl2.test"), 2);
+}
+
+/// A candidate whose own list never answers: the MTA gets the live verdict at once, and the
+/// shadow counts `undecided` instead of holding the reply until its lookups give up.
+#[test]
+fn a_candidate_waiting_for_its_own_dns_never_holds_the_reply() {
+    let zone = format!("{TEST_ZONE}10.2.0.192.slow.test DROP\n");
+    // Long timeouts (60 s deadline from CONNECT for the candidate's lookups, 30 s per query):
+    // only the shadow's own bound can end its wait here.
+    let cand = Candidate::with_dns_timeout("", "[[dnsbl.zones]]\nzone = \"slow.test\"\n", "20s");
+    let d = Daemon::start_with_zone(
+        "",
+        &format!("{}[dns]\ntimeout = \"30s\"\n", cand.section()),
+        &zone,
+    );
+    let (r, eom) = transaction(&d, "a@sender.example", "u@example.org");
+    assert_eq!(r, Reply::Continue);
+    assert_eq!(eom.last(), Some(&Reply::Accept));
+    d.wait_metric(
+        "mxsentry_shadow_verdicts_total{live=\"accept\",shadow=\"undecided\"}",
+        1.0,
+    );
+    let line = decision_line(&d, "a@sender.example", 1);
+    assert!(line.contains(" shadow=undecided"), "{line}");
 }
