@@ -14,10 +14,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
-
-use prometheus::{IntCounterVec, Opts};
 
 use crate::checks::rdns_mta::MtaClientMacros;
 use crate::lookups::ClientLookups;
@@ -146,37 +143,11 @@ impl ShadowSession {
     }
 }
 
-/// `mxsentry_shadow_verdicts_total{live,shadow}`, registered with the first shadow decision.
-/// Both labels are verdict names: bounded.
-fn family() -> &'static IntCounterVec {
-    static FAMILY: OnceLock<IntCounterVec> = OnceLock::new();
-    FAMILY.get_or_init(|| {
-        #[allow(
-            clippy::expect_used,
-            reason = "a fixed, valid metric name and label set"
-        )]
-        let family = IntCounterVec::new(
-            Opts::new(
-                "mxsentry_shadow_verdicts_total",
-                "Recipients decided by the live policy and by the [shadow] candidate (never \
-                 enforced), by both verdicts.",
-            ),
-            &["live", "shadow"],
-        )
-        .expect("valid metric");
-        let registry = crate::metrics::metrics().registry();
-        if let Err(e) = registry.register(Box::new(family.clone())) {
-            tracing::warn!("cannot register mxsentry_shadow_verdicts_total: {e}");
-        }
-        family
-    })
-}
-
 static DECIDED: AtomicU64 = AtomicU64::new(0);
 static DISAGREED: AtomicU64 = AtomicU64::new(0);
 
 fn count(live: &str, shadow: &str) {
-    family().with_label_values(&[live, shadow]).inc();
+    crate::metrics::metrics().shadow_verdict(live, shadow);
     DECIDED.fetch_add(1, Ordering::Relaxed);
     if live != shadow {
         DISAGREED.fetch_add(1, Ordering::Relaxed);
