@@ -1,7 +1,9 @@
 //! Logging: one line per decision with stable keys, human-readable or JSON.
 //!
 //! Key order is fixed (`queue_id client_ip client_name helo from rcpt verdict reply findings
-//! delay_ms`) so admins can grep and parse it the way they parse Postfix's log.
+//! delay_ms`, then with a `[shadow]` candidate `shadow_verdict shadow_cause` in JSON, and
+//! `shadow` in text where it differs) so admins can grep and parse it the way they parse
+//! Postfix's log.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,6 +24,8 @@ pub struct DecisionLine<'a> {
     pub reply: &'a str,
     pub findings: &'a str,
     pub delay_ms: u64,
+    /// The `[shadow]` candidate's verdict and cause, when one is configured.
+    pub shadow: Option<&'a crate::shadow::ShadowVerdict>,
 }
 
 /// Set when the JSON formatter is installed: JSON quotes every string itself, the text format
@@ -43,6 +47,8 @@ pub fn emit(line: &DecisionLine<'_>) {
             reply = %line.reply,
             findings = %line.findings,
             delay_ms = line.delay_ms,
+            shadow_verdict = line.shadow.map(|s| s.verdict),
+            shadow_cause = line.shadow.map(|s| s.cause.as_str()),
             "decision"
         );
         return;
@@ -59,6 +65,11 @@ pub fn emit(line: &DecisionLine<'_>) {
         reply = ?line.reply,
         findings = ?line.findings,
         delay_ms = line.delay_ms,
+        // The text line names the shadow's verdict only where it differs.
+        shadow = line
+            .shadow
+            .filter(|s| s.verdict != line.verdict)
+            .map(|s| tracing::field::display(s.verdict)),
         "decision"
     );
 }

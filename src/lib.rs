@@ -26,5 +26,6 @@ pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod shadow;
 pub mod store;
 pub mod testing;

@@ -38,6 +38,9 @@ pub struct DnsChecks {
     /// Per configured list: the warning said (at most once a minute) while it cannot be
     /// reached or refuses to answer.
     unreachable: HashMap<String, Arc<WarnEvery>>,
+    /// A shadow policy's lookups: not counted in the DNS list metrics nor warned about (the
+    /// live policy's lookups are, or the shadow's are extra, not the daemon's).
+    pub quiet: bool,
 }
 
 impl DnsChecks {
@@ -57,6 +60,7 @@ impl DnsChecks {
             // PTR and forward lookups run one after the other; one more timeout of slack.
             deadline: config.dns.timeout * 3,
             unreachable: unreachable_warnings(&config.dnsbl),
+            quiet: false,
         })
     }
 }
@@ -334,6 +338,9 @@ impl ClientLookups {
 /// Counts each list's result (zone names come from the config: bounded label values), and
 /// warns (rate-limited, per zone) when a list cannot be reached or refuses to answer.
 fn counted(checks: &DnsChecks, results: Vec<ZoneResult>) -> Vec<ZoneResult> {
+    if checks.quiet {
+        return results;
+    }
     let m = crate::metrics::metrics();
     for r in &results {
         m.dnsbl_result(&r.zone, r.outcome.metric_result());

@@ -237,6 +237,13 @@ fn main() -> ExitCode {
                     "{}: OK ({access} access rules, {regex} regex rules, {allow} greylist allow entries)",
                     config.display()
                 );
+                if let (Some(shadow), Some(path)) = (policy.shadow(), policy.shadow_path()) {
+                    let (access, regex) = shadow.rule_counts();
+                    println!(
+                        "{}: OK as shadow candidate ({access} access rules, {regex} regex rules)",
+                        path.display()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -21,6 +21,7 @@ use crate::protocol::command::{ClientAddress, Command, MacroPairs};
 use crate::protocol::flags;
 use crate::protocol::negotiate::{negotiate, Negotiated};
 use crate::protocol::reply::{encode_reply, smtp_reply_text, Reply};
+use crate::shadow::{ShadowSession, ShadowVerdict};
 
 /// Source of the current policy; sessions take a snapshot at each CONNECT so a reload never
 /// changes the rules in the middle of an SMTP session.
@@ -130,6 +131,8 @@ struct Message {
     headers: Vec<(String, String)>,
     /// The longest the policy held a recipient's answer (waiting for DNS), for `delay_ms`.
     delay_ms: u64,
+    /// The `[shadow]` candidate's most severe verdict for the accepted recipients.
+    shadow: Option<ShadowVerdict>,
 }
 
 /// One MTA connection's milter session.
@@ -138,6 +141,7 @@ pub struct Session {
     policy: Arc<Policy>,
     negotiated: Option<Negotiated>,
     lookups: Option<ClientLookups>,
+    shadow: ShadowSession,
     macros: Macros,
     client_name: String,
     client_ip: Option<IpAddr>,
@@ -166,6 +170,7 @@ impl Session {
             policy,
             negotiated,
             lookups: None,
+            shadow: ShadowSession::default(),
             macros: Macros::default(),
             client_name: String::new(),
             client_ip: None,
@@ -246,6 +251,8 @@ impl Session {
                 self.lookups = self
                     .client_ip
                     .and_then(|ip| self.policy.start_lookups(ip, mta));
+                self.shadow =
+                    ShadowSession::start(&self.policy, self.client_ip, self.lookups.is_some(), mta);
                 if self
                     .negotiated
                     .as_ref()
@@ -260,6 +267,7 @@ impl Session {
                 if let Some(l) = &mut self.lookups {
                     l.start_helo(&self.helo);
                 }
+                self.shadow.start_helo(&self.helo);
                 Reply::Continue
             }
             Command::Mail { args } => {
@@ -268,6 +276,7 @@ impl Session {
                 if let Some(l) = &mut self.lookups {
                     l.start_sender(&sender);
                 }
+                self.shadow.start_sender(&sender);
                 self.message.sender = Some(sender);
                 Reply::Continue
             }
@@ -385,12 +394,22 @@ impl Session {
             .message
             .delay_ms
             .max(asked.elapsed().as_millis() as u64);
-        self.record(&decision, rcpt)
+        let policy = self.policy.clone();
+        let shadow = self
+            .shadow
+            .decide(&policy, &env, self.lookups.as_mut(), &decision.verdict)
+            .await;
+        self.record(&decision, rcpt, shadow)
     }
 
     /// Logs a refusal now (the recipient never becomes part of a message); remembers an
     /// acceptance for the end-of-message log line.
-    fn record(&mut self, decision: &Decision, rcpt: String) -> Reply {
+    fn record(
+        &mut self,
+        decision: &Decision,
+        rcpt: String,
+        shadow: Option<ShadowVerdict>,
+    ) -> Reply {
         let m = metrics();
         m.recipient_verdict(decision.verdict.name());
         m.decision_duration(self.started.elapsed().as_secs_f64());
@@ -425,10 +444,14 @@ impl Session {
                     decision.verdict.reply().map(|r| r.to_string()),
                     &rcpt,
                     &notable.join(","),
+                    shadow.as_ref(),
                 );
                 return reply;
             }
             Verdict::Continue => {}
+        }
+        if let Some(s) = shadow {
+            self.message.shadow = Some(ShadowVerdict::worst(self.message.shadow.take(), s));
         }
         // The log line keeps what is notable; `explain` shows every finding.
         for f in notable {
@@ -518,11 +541,24 @@ impl Session {
             ));
         }
         let findings = self.message.findings.join(",");
-        self.log_line("accept", None, &rcpts, &findings);
+        self.log_line(
+            "accept",
+            None,
+            &rcpts,
+            &findings,
+            self.message.shadow.as_ref(),
+        );
         Reply::Accept
     }
 
-    fn log_line(&self, verdict: &str, reply: Option<String>, rcpt: &str, findings: &str) {
+    fn log_line(
+        &self,
+        verdict: &str,
+        reply: Option<String>,
+        rcpt: &str,
+        findings: &str,
+        shadow: Option<&ShadowVerdict>,
+    ) {
         let queue_id = self.macros.get("i").map(lossy);
         decision_log::emit(&DecisionLine {
             queue_id: queue_id.as_deref().unwrap_or("-"),
@@ -537,6 +573,7 @@ impl Session {
             reply: reply.as_deref().unwrap_or(""),
             findings,
             delay_ms: self.message.delay_ms,
+            shadow,
         });
     }
 
@@ -553,6 +590,7 @@ impl Session {
         self.end_session();
         self.message = Message::default();
         self.lookups = None;
+        self.shadow = ShadowSession::default();
         self.client_name.clear();
         self.client_ip = None;
         self.helo.clear();

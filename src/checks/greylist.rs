@@ -296,6 +296,8 @@ pub struct Greylister {
     deadline: Duration,
     /// When a store failure was last logged, and how many were not logged since.
     failure_log: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+    /// A shadow policy's greylister: reads the store, never writes it.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Greylister {
@@ -317,7 +319,15 @@ impl Greylister {
             timing: Timing::from_config(cfg),
             deadline: DEFAULT_DEADLINE,
             failure_log: Default::default(),
+            read_only: false,
         }
+    }
+
+    /// A greylister that only reads the store (a shadow policy's): it answers what
+    /// [`Self::check`] would, from the entries as stored, and changes nothing.
+    pub fn read_only(mut self) -> Greylister {
+        self.read_only = true;
+        self
     }
 
     /// Sets the per-call store deadline (default [`DEFAULT_DEADLINE`]).
@@ -383,6 +393,9 @@ impl Greylister {
     }
 
     async fn decide(&self, client: &str, plain_key: &str, now: u64) -> GreylistOutcome {
+        if self.read_only {
+            return self.decide_read_only(client, plain_key, now).await;
+        }
         let t = self.timing;
         let after = self.cfg.client_autowhite_after;
         let hash = self.cfg.hash_keys;
@@ -423,6 +436,32 @@ impl Greylister {
             }
         }
         outcome
+    }
+
+    /// [`Self::decide`] without a write: the same pure steps on the entries as read.
+    async fn decide_read_only(&self, client: &str, plain_key: &str, now: u64) -> GreylistOutcome {
+        let after = self.cfg.client_autowhite_after;
+        let hash = self.cfg.hash_keys;
+        let get = |key: String| async move {
+            match tokio::time::timeout(self.deadline, self.store.store().get(&key)).await {
+                Ok(Ok(entry)) => Ok(entry),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", self.deadline)),
+            }
+        };
+        if after > 0 {
+            match get(store_key(&keys::client_plain(client), hash)).await {
+                Ok(old) if client_is_whitelisted(old.as_ref(), now, after) => {
+                    return GreylistOutcome::ClientWhitelisted
+                }
+                Ok(_) => {}
+                Err(e) => return GreylistOutcome::StoreError(e),
+            }
+        }
+        match get(store_key(plain_key, hash)).await {
+            Ok(old) => step(old, now, &self.timing).1,
+            Err(e) => GreylistOutcome::StoreError(e),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod de;
 mod duration;
 mod listen;
 mod sections;
+mod shadow;
 mod values;
 
 #[cfg(test)]
@@ -32,6 +33,7 @@ pub use sections::{
     LogConfig, LogFormat, MetricsConfig, MilterConfig, Mode, OverflowAction, RdnsConfig, RegexRule,
     SenderRulesConfig, StoreKind, TempFailureAction, TrustedConfig,
 };
+pub use shadow::ShadowConfig;
 pub use values::{is_listing_answer, ReturnCode};
 
 /// A configuration error: `file:line: reason`, or `file: reason` when no line applies.
@@ -84,6 +86,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[control]`: the control socket (live administration).
     pub control: ControlConfig,
+    /// `[shadow]`: a candidate configuration decided beside this one, never enforced.
+    pub shadow: ShadowConfig,
 }
 
 impl Config {

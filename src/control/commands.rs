@@ -199,6 +199,14 @@ pub fn format_status(s: &Status) -> String {
             }
         }
     }
+    if let Some(sh) = &s.shadow {
+        let _ = writeln!(o, "shadow: {}", sh.config);
+        let _ = writeln!(
+            o,
+            "shadow verdicts: {} recipients, {} different from the live verdict",
+            sh.decided, sh.disagreed
+        );
+    }
     o
 }
 
@@ -225,6 +233,7 @@ mod tests {
                 commit_error: None,
             }),
             dnsbl_zones: None,
+            shadow: None,
         }
     }
 

@@ -160,6 +160,18 @@ pub struct Status {
     /// DNSBL zone health, once the daemon tracks it; `None`: this daemon does not.
     #[serde(default)]
     pub dnsbl_zones: Option<Vec<ZoneHealth>>,
+    /// The `[shadow]` candidate, when one is configured.
+    #[serde(default)]
+    pub shadow: Option<ShadowStatus>,
+}
+
+/// The shadow policy: its file, and recipients decided by both policies since the start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowStatus {
+    pub config: String,
+    pub decided: u64,
+    /// Recipients the shadow gave another verdict than the live policy.
+    pub disagreed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,6 +369,11 @@ mod tests {
                 commit_error: Some("full".into()),
             }),
             dnsbl_zones: None,
+            shadow: Some(ShadowStatus {
+                config: "/etc/mxsentry/candidate.toml".into(),
+                decided: 10,
+                disagreed: 3,
+            }),
         };
         let r = Response::Status(Box::new(s));
         let bytes = encode_response(&r);

@@ -16,8 +16,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::protocol::{
-    check_line, decode_request, encode_response, Frame, ReloadStatus, Request, Response, Status,
-    StoreStatus, WireEntry, MAX_LIST, MAX_REQUEST,
+    check_line, decode_request, encode_response, Frame, ReloadStatus, Request, Response,
+    ShadowStatus, Status, StoreStatus, WireEntry, MAX_LIST, MAX_REQUEST,
 };
 use crate::config::Config;
 use crate::metrics::metrics;
@@ -368,6 +368,16 @@ async fn status(ctx: &Context) -> Status {
         store,
         // Zone health: the DNSBL health checks fill this in (`None`: not tracked).
         dnsbl_zones: None,
+        shadow: crate::session::PolicySource::current(&*ctx.policy)
+            .shadow_path()
+            .map(|path| {
+                let (decided, disagreed) = crate::shadow::counts();
+                ShadowStatus {
+                    config: path.display().to_string(),
+                    decided,
+                    disagreed,
+                }
+            }),
     }
 }
 

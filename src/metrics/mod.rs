@@ -307,6 +307,8 @@ pub struct Metrics {
     reload_failure: IntCounter,
     /// `[op][result]`, each with `other` last.
     control_requests: Vec<Vec<IntCounter>>,
+    /// `{live,shadow}`: both verdict words (see [`Metrics::shadow_verdict`]).
+    shadow_verdicts: IntCounterVec,
     last_reload_success: Gauge,
     last_reload_successful: IntGauge,
 }
@@ -341,6 +343,13 @@ impl Metrics {
             "mxsentry_recipients_total",
             "Recipients (RCPT commands), by the verdict given to each.",
             &["verdict"],
+        );
+        let shadow_verdicts = counter_vec(
+            r,
+            "mxsentry_shadow_verdicts_total",
+            "Recipients decided by the live policy and by the [shadow] candidate (never \
+             enforced), by both verdicts.",
+            &["live", "shadow"],
         );
         let dry_run = counter_vec(
             r,
@@ -562,6 +571,7 @@ impl Metrics {
             reload_success: reloads.with_label_values(&["success"]),
             reload_failure: reloads.with_label_values(&["failure"]),
             control_requests,
+            shadow_verdicts,
             last_reload_success,
             last_reload_successful,
             registry,
@@ -606,6 +616,22 @@ impl Metrics {
     /// `accept` actually given).
     pub fn dry_run_verdict(&self, verdict: &str) {
         self.dry_run.get(verdict_word(verdict)).inc();
+    }
+
+    /// One recipient decided by the live policy (`live`, what the MTA was told) and by the
+    /// `[shadow]` candidate (`shadow`, never enforced; `undecided` when it could not decide in
+    /// time). Words outside [`VERDICTS`] and `undecided` are counted as `other`.
+    pub fn shadow_verdict(&self, live: &str, shadow: &str) {
+        let bounded = |v: &str| -> &'static str {
+            let w = verdict_word(v);
+            if w == "undecided" {
+                return "undecided";
+            }
+            VERDICTS.iter().copied().find(|k| *k == w).unwrap_or(OTHER)
+        };
+        self.shadow_verdicts
+            .with_label_values(&[bounded(live), bounded(shadow)])
+            .inc();
     }
 
     /// Time from CONNECT to a verdict (observe once per RCPT verdict).

@@ -40,6 +40,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("mxsentry_config_last_reload_successful", "gauge"),
     ("mxsentry_build_info", "gauge"),
     ("mxsentry_control_requests_total", "counter"),
+    ("mxsentry_shadow_verdicts_total", "counter"),
 ];
 
 /// A strict reader of the text exposition format (version 0.0.4) as the Prometheus server
@@ -278,6 +279,7 @@ const ON_FIRST_USE: &[&str] = &[
     "mxsentry_dnsbl_refusals_total",
     "mxsentry_greylist_entries",
     "mxsentry_greylist_operation_duration_seconds",
+    "mxsentry_shadow_verdicts_total",
 ];
 
 fn assert_families(types: &HashMap<String, String>, all: bool) {
@@ -360,6 +362,9 @@ fn counters_move() {
     m.connections_limit(10_000);
     m.recipient_over_limit();
     m.decision_duration(0.25);
+    m.shadow_verdict("continue", "reject");
+    m.shadow_verdict("accept", "undecided");
+    m.shadow_verdict("accept", "bogus");
     m.reload(false);
 
     let (s, types) = parse_exposition(&m.render());
@@ -369,6 +374,15 @@ fn counters_move() {
             .unwrap_or_else(|| panic!("no {}", key(name, labels)))
     };
     assert_eq!(at("mxsentry_sessions_total", &[("verdict", "reject")]), 1.0);
+    let shadow = |live, shadow| {
+        at(
+            "mxsentry_shadow_verdicts_total",
+            &[("live", live), ("shadow", shadow)],
+        )
+    };
+    assert_eq!(shadow("accept", "reject"), 1.0);
+    assert_eq!(shadow("accept", "undecided"), 1.0);
+    assert_eq!(shadow("accept", "other"), 1.0);
     let overflow = |a| at("mxsentry_connections_overflow_total", &[("action", a)]);
     assert_eq!(
         (overflow("tempfail"), overflow("accept"), overflow("close")),

@@ -17,6 +17,7 @@
 mod dns;
 mod needs;
 mod outcome;
+mod shadow;
 #[cfg(test)]
 mod tests;
 
@@ -140,6 +141,8 @@ pub struct Policy {
     greylister: Option<Arc<Greylister>>,
     /// Step 6: clients, senders and recipients that skip greylisting (and nothing else).
     greylist_allow: AllowLists,
+    /// The candidate of `[shadow] config`, decided beside this policy, never enforced.
+    shadow: Option<shadow::Shadow>,
 }
 
 impl Policy {
@@ -177,6 +180,7 @@ impl Policy {
             greylist_allow,
             needs: Arc::new(needs_for(config)),
             greylister: None,
+            shadow: None,
             trusted: config.trusted.clone(),
             exempt_recipients: config
                 .milter
@@ -204,6 +208,7 @@ impl Policy {
 
     /// Attaches the greylist store (kept across reloads by the server) with this policy's rules.
     pub fn with_greylist_store(mut self, store: Arc<dyn GreylistStore>) -> Policy {
+        self.attach_shadow_store(&store);
         self.greylister = Some(Arc::new(Greylister::new(store, &self.config.greylist)));
         self
     }
@@ -577,9 +582,10 @@ fn action_word(action: &Action) -> &'static str {
     }
 }
 
-/// Loads the config file and builds a policy from it: what `run`, `check-config` and reload share.
+/// Loads the config file and builds a policy from it, with the shadow candidate it names:
+/// what `run`, `check-config` and reload share.
 pub fn load(path: &Path) -> Result<(Config, Policy), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let policy = Policy::from_config(&config)?;
+    let policy = Policy::from_config(&config)?.load_shadow(path)?;
     Ok((config, policy))
 }

@@ -134,7 +134,8 @@ impl Server {
         let (max, handlers) = fit_open_files(&self.config);
         // The greylist store first: an unwritable file stops the start with its reason; an
         // unreadable one is moved aside (greylisting starts afresh rather than mail stopping).
-        let store = if self.config.may_greylist() {
+        // A shadow that greylists reads the store (never writes it): open it for the shadow too.
+        let store = if self.policy.may_greylist_any() {
             Some(store::open(&self.config.greylist, OpenFor::Daemon).await?)
         } else {
             None
@@ -179,6 +180,10 @@ impl Server {
             max_connections = max,
             overflow_action = self.config.milter.overflow_action.name(),
             "mxsentry started"
+        );
+        log_shadow(
+            &policy.current(),
+            "shadow policy loaded (decided beside, never enforced)",
         );
 
         let m = &self.config.milter;
@@ -332,8 +337,9 @@ pub fn reload(config_path: &std::path::Path, shared: &SharedPolicy) -> Result<St
                 greylist_allow_entries = allow,
                 "configuration reloaded"
             );
+            let shadow = log_shadow(&shared.current(), "shadow policy reloaded");
             Ok(format!(
-                "{}: {access} access rules, {regex} regex rules",
+                "{}: {access} access rules, {regex} regex rules{shadow}",
                 config_path.display()
             ))
         }
@@ -345,6 +351,26 @@ pub fn reload(config_path: &std::path::Path, shared: &SharedPolicy) -> Result<St
     };
     shared.record_reload(&result);
     result
+}
+
+/// Logs the shadow candidate `policy` carries, if any; returns `; shadow FILE: N access rules,
+/// M regex rules` for the reload message (empty without one).
+fn log_shadow(policy: &Policy, message: &str) -> String {
+    let (Some(shadow), Some(path)) = (policy.shadow(), policy.shadow_path()) else {
+        return String::new();
+    };
+    let (access, regex) = shadow.rule_counts();
+    tracing::info!(
+        shadow = %path.display(),
+        access_rules = access,
+        regex_rules = regex,
+        shares_session_lookups = policy.shadow_shares_lookups(),
+        "{message}"
+    );
+    format!(
+        "; shadow {}: {access} access rules, {regex} regex rules",
+        path.display()
+    )
 }
 
 /// How often a warning that repeats (connections over the limit, out of files) is logged.

@@ -712,3 +712,32 @@ async fn check_on_the_embedded_store_with_hashed_keys() {
     let tk = triplet_key(&cfg, ip, None, "a@example.com", "r@example.org");
     assert_eq!(g.store().get(&tk).await.unwrap().unwrap().passed, 1);
 }
+
+#[tokio::test]
+async fn a_read_only_greylister_answers_as_the_store_says_and_writes_nothing() {
+    let store = Arc::new(MemStore::default());
+    let shadow = Greylister::new(store.clone(), &cfg()).read_only();
+    let live = Greylister::new(store.clone(), &cfg());
+    let ip: IpAddr = "198.51.100.7".parse().unwrap();
+    let (from, rcpt) = ("a@example.com", "rcpt@example.org");
+    // Unknown: new, every time, and nothing is stored.
+    for now in [1_000, 1_400] {
+        assert_eq!(
+            shadow.check(ip, None, from, rcpt, now).await.outcome,
+            GreylistOutcome::New { retry_in: 300 }
+        );
+    }
+    assert_eq!(store.len().await.unwrap(), 0);
+    // What the live greylister records, the read-only one reads (without changing it).
+    live.check(ip, None, from, rcpt, 1_000).await;
+    let before = store.list("", 10).await.unwrap();
+    assert_eq!(
+        shadow.check(ip, None, from, rcpt, 1_100).await.outcome,
+        GreylistOutcome::TooEarly { retry_in: 200 }
+    );
+    assert_eq!(
+        shadow.check(ip, None, from, rcpt, 1_300).await.outcome,
+        GreylistOutcome::Passed { waited: 300 }
+    );
+    assert_eq!(store.list("", 10).await.unwrap(), before);
+}
