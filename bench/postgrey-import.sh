@@ -3,6 +3,7 @@
 # the embedded store. postgrey.db is made with db_load from a generated db_dump text (2/3
 # passed triplets, 1/3 pending, all seen within the last two days; 10,000 clients at the
 # autowhitelist threshold). Needs db5.3-util. Usage: bench/postgrey-import.sh [N] [BINARY]
+# LIVE=1: import through a running daemon (control socket) instead of into the stopped store.
 set -eu
 n=${1:-1000000}
 bin=${2:-target/release/mxsentry}
@@ -33,8 +34,17 @@ PY
 mkdir "$work/postgrey"
 db5.3_load -f "$work/triplets.txt" "$work/postgrey/postgrey.db"
 db5.3_load -f "$work/clients.txt" "$work/postgrey/postgrey_clients.db"
-printf '[greylist]\npath = "%s/greylist.db"\nautowhite = "35d"\npool_by_rdns = false\n' "$work" >"$work/milter.toml"
+printf '[greylist]\npath = "%s/greylist.db"\nautowhite = "35d"\npool_by_rdns = false\n[control]\nsocket = "%s/control.sock"\n' "$work" "$work" >"$work/milter.toml"
+daemon=
+if [ "${LIVE:-0}" = 1 ]; then
+  printf '[milter]\nlisten = "inet:18960@127.0.0.1"\n[metrics]\nlisten = "off"\n[dns]\nnameservers = ["127.0.0.1:9"]\n' >>"$work/milter.toml"
+  "$bin" run --config "$work/milter.toml" 2>"$work/daemon.log" &
+  daemon=$!
+  trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$work"' EXIT
+  i=0; while [ ! -S "$work/control.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+fi
 start=$(date +%s.%N)
 "$bin" greylist import postgrey "$work/postgrey" --config "$work/milter.toml"
 end=$(date +%s.%N)
+[ -z "$daemon" ] || "$bin" status --config "$work/milter.toml" | grep -i entries
 echo "import of $n postgrey entries: $(python3 -c "print(round($end - $start, 1))") s (load: $(cut -d' ' -f1-3 /proc/loadavg))"
