@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::checks::dnsbl::board::HealthBoard;
 use crate::checks::dnsbl::{self, ZoneKind, ZoneResult};
 use crate::checks::helo::{self, HeloResolve};
 use crate::checks::rdns::{self, DynamicPatterns, RdnsResult};
@@ -38,6 +39,9 @@ pub struct DnsChecks {
     /// Per configured list: the warning said (at most once a minute) while it cannot be
     /// reached or refuses to answer.
     unreachable: HashMap<String, Arc<WarnEvery>>,
+    /// The zones' health (set by the daemon and `explain`; unset: every zone is trusted, as
+    /// in `check-config` and the tests that feed the policy results directly).
+    pub health: std::sync::OnceLock<Arc<HealthBoard>>,
 }
 
 impl DnsChecks {
@@ -57,6 +61,7 @@ impl DnsChecks {
             // PTR and forward lookups run one after the other; one more timeout of slack.
             deadline: config.dns.timeout * 3,
             unreachable: unreachable_warnings(&config.dnsbl),
+            health: std::sync::OnceLock::new(),
         })
     }
 }
@@ -333,8 +338,16 @@ impl ClientLookups {
 
 /// Counts each list's result (zone names come from the config: bounded label values), and
 /// warns (rate-limited, per zone) when a list cannot be reached or refuses to answer.
-fn counted(checks: &DnsChecks, results: Vec<ZoneResult>) -> Vec<ZoneResult> {
+/// Each result also feeds its zone's health (listing rate) and is marked log-only when the
+/// zone is not trusted.
+fn counted(checks: &DnsChecks, mut results: Vec<ZoneResult>) -> Vec<ZoneResult> {
     let m = crate::metrics::metrics();
+    if let Some(board) = checks.health.get() {
+        let now = crate::store::unix_now();
+        for r in &mut results {
+            board.observe(r, now);
+        }
+    }
     for r in &results {
         m.dnsbl_result(&r.zone, r.outcome.metric_result());
         let failed = match &r.outcome {

@@ -107,12 +107,12 @@ impl Policy {
         let mut unknown_weight = 0i32;
         for z in ip_lists.iter().chain(r.domain_lists) {
             findings.extend(z.findings());
-            if z.is_listed() {
+            if z.counts() {
                 score += z.weight;
                 if heaviest.is_none_or(|h| z.weight > h.weight) {
                     heaviest = Some(z);
                 }
-            } else if z.outcome.is_temporary() && z.tempfail_on_error {
+            } else if z.may_tempfail() {
                 unknown_weight += z.weight.max(0);
             }
         }
