@@ -25,6 +25,11 @@ impl Policy {
         if let Some(z) = allowed {
             findings.extend(z.findings());
             outcome.allow_listed = true;
+        } else {
+            // A listing by an allow list that is not trusted (zone health) vouches for nobody;
+            // it is shown, with the reason.
+            let untrusted = r.allow_lists.iter().filter(|z| z.is_listed());
+            findings.extend(untrusted.flat_map(|z| z.findings()));
         }
 
         // PTR / FCrDNS. A failed lookup refuses only as far as the rDNS actions could have.

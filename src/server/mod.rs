@@ -248,13 +248,8 @@ impl Server {
                 )
             }),
         });
-        let mut accept_tasks = Vec::new();
-        for l in listeners {
-            accept_tasks.push(tokio::spawn(accept_loop(l, shared.clone())));
-        }
-        drop(shared);
-
-        // Zone health probes: a first round at once, then every health_check_interval.
+        // Zone health probes: the first round starts now (before the first
+        // connection is accepted), then every health_check_interval.
         let probes = {
             let shared = policy.clone();
             let current = move || shared.current().config().clone();
@@ -264,6 +259,12 @@ impl Server {
                 stop_rx.clone(),
             ))
         };
+        let mut accept_tasks = Vec::new();
+        for l in listeners {
+            accept_tasks.push(tokio::spawn(accept_loop(l, shared.clone())));
+        }
+        drop(shared);
+
         if let Some(s) = &store {
             tokio::spawn(purge_task(s.clone(), PURGE_INTERVAL, stop_rx.clone()));
         }

@@ -216,3 +216,7 @@ pub fn configured(config: &DnsblConfig) -> Vec<(ZoneKind, &crate::config::DnsblZ
     let allow = config.allow_zones.iter().map(|z| (ZoneKind::Allow, z));
     ip.chain(domain).chain(allow).collect()
 }
+
+#[cfg(test)]
+#[path = "board_tests.rs"]
+mod tests;
