@@ -192,3 +192,47 @@ fn a_zone_that_stops_answering_turns_unhealthy_after_three_probes() {
     d.wait_log("DNS list zone health: quiet.test healthy -> unhealthy: no answer for 3 probes");
     assert_eq!(d.metric(&healthy_metric("quiet.test")), 0.0);
 }
+
+#[test]
+fn first_probe_runs_at_start_and_a_reload_probes_new_zones_at_once() {
+    // An interval far longer than the test: every state below comes from the probe at start
+    // or the one a reload triggers.
+    let zone = format!("{CLIENTS}{}{}", healthy("good.test"), wildcard("wild.test"));
+    let d = Daemon::start_with_zone(
+        "",
+        "[dnsbl]\nhealth_check_interval = \"1h\"\n[[dnsbl.zones]]\nzone = \"good.test\"\n",
+        &zone,
+    );
+    d.wait_metric(&healthy_metric("good.test"), 1.0);
+    assert_eq!(d.try_metric(&healthy_metric("wild.test")), None);
+
+    let mut config = std::fs::read_to_string(&d.config_path).unwrap();
+    config.push_str("\n[[dnsbl.zones]]\nzone = \"wild.test\"\n");
+    std::fs::write(&d.config_path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxsentry"))
+        .args(["reload", "--config"])
+        .arg(&d.config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    d.wait_log(
+        "DNS list zone health: wild.test unknown (not yet probed) -> unhealthy: 127.0.0.1 listed",
+    );
+    assert_eq!(d.metric(&healthy_metric("wild.test")), 0.0);
+    // The zone kept across the reload kept its state (no new "unknown -> healthy" line).
+    assert_eq!(d.metric(&healthy_metric("good.test")), 1.0);
+    assert_eq!(
+        d.log()
+            .matches("DNS list zone health: good.test unknown (not yet probed) -> healthy")
+            .count(),
+        1
+    );
+    assert_eq!(
+        session(&d, "192.0.2.10", "clean@sender.test"),
+        Reply::Continue
+    );
+    assert_eq!(
+        reply_text(&session(&d, "192.0.2.100", "listed@sender.test")),
+        "550 5.7.1 Mail from 192.0.2.100 refused, listed in good.test"
+    );
+}

@@ -80,6 +80,8 @@ impl SharedPolicy {
         self.health.reconcile(&policy.config().dnsbl);
         let policy = attach(policy, &self.store, &self.health);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        // After the swap: the probe task reads the configuration in force when it wakes.
+        self.health.wake();
     }
 
     /// The greylist store the daemon holds (the control socket's handle to it).

@@ -54,7 +54,7 @@ pub struct HealthBoard {
     enabled: AtomicBool,
     zones: RwLock<Vec<Arc<ZoneEntry>>>,
     /// Woken on reload so new zones are probed at once.
-    pub(crate) wake: tokio::sync::Notify,
+    wake: tokio::sync::Notify,
 }
 
 impl HealthBoard {
@@ -65,7 +65,10 @@ impl HealthBoard {
     }
 
     /// Adopts a (re)loaded configuration: zones still configured keep their state, new ones
-    /// start unknown, removed ones are forgotten (and their metric dropped).
+    /// start unknown, removed ones are forgotten (and their metric dropped). Then [`wake`]
+    /// the probe task once that configuration is in force.
+    ///
+    /// [`wake`]: Self::wake
     pub fn reconcile(&self, config: &DnsblConfig) {
         let enabled = !config.health_check_interval.is_zero();
         self.enabled.store(enabled, Ordering::Relaxed);
@@ -91,7 +94,11 @@ impl HealthBoard {
                 m.dnsbl_zone_health_forget(&gone.zone);
             }
         }
-        drop(zones);
+    }
+
+    /// Wakes the probe task: call once the policy with the reconciled configuration is in
+    /// force (the task reads the configuration when it wakes), so new zones are probed at once.
+    pub fn wake(&self) {
         self.wake.notify_one();
     }
 
@@ -189,6 +196,11 @@ impl HealthBoard {
                 state: e.state(),
             })
             .collect()
+    }
+
+    /// Resolves when [`wake`](Self::wake) was called (or had been called before).
+    pub async fn woken(&self) {
+        self.wake.notified().await
     }
 
     /// The entries, for the probe task.

@@ -135,7 +135,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = board.wake.notified() => {}
+            _ = board.woken() => {}
             changed = stop.changed() => if changed.is_err() { return },
         }
         if *stop.borrow() {
