@@ -37,7 +37,8 @@ pub struct Explanation {
 /// the policy so its listings count (or not) as they would in the daemon.
 async fn probe_zones(policy: &Policy) -> Vec<ZoneReport> {
     let config = policy.config();
-    if config.dnsbl.health_check_interval.is_zero() {
+    let no_zones = crate::checks::dnsbl::board::configured(&config.dnsbl).is_empty();
+    if config.dnsbl.health_check_interval.is_zero() || no_zones {
         return Vec::new();
     }
     let board = HealthBoard::new(&config.dnsbl);
