@@ -6,6 +6,9 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use crate::checks::dnsbl::board::{HealthBoard, ZoneReport};
+use crate::checks::dnsbl::health::Health;
+use crate::checks::dnsbl::probe;
 use crate::policy::{Decision, Envelope, Policy};
 
 /// One explained SMTP transaction.
@@ -25,6 +28,26 @@ pub struct Explanation {
     /// The greylist findings come from the running daemon's store (read only: explain records
     /// nothing); false: no store was consulted.
     pub greylist_from_daemon: bool,
+    /// The zones' health as explain's own probes found it (empty: health checks off or no
+    /// zones): as in the daemon, a zone that did not pass lists log-only.
+    pub zones: Vec<ZoneReport>,
+}
+
+/// Probes every configured zone once, as the daemon does at start, and attaches the result to
+/// the policy so its listings count (or not) as they would in the daemon.
+async fn probe_zones(policy: &Policy) -> Vec<ZoneReport> {
+    let config = policy.config();
+    let no_zones = crate::checks::dnsbl::board::configured(&config.dnsbl).is_empty();
+    if config.dnsbl.health_check_interval.is_zero() || no_zones {
+        return Vec::new();
+    }
+    let board = HealthBoard::new(&config.dnsbl);
+    match probe::probe_resolver(&config.dns) {
+        Ok(dns) => probe::probe_round(&board, &dns, &config.dnsbl).await,
+        Err(e) => tracing::warn!("zone health probes cannot run: {e}"),
+    }
+    policy.set_zone_health(board.clone());
+    board.report()
 }
 
 /// Runs the checks and the policy; must be called inside a tokio runtime.
@@ -33,6 +56,7 @@ pub async fn explain(policy: &Policy, q: &Query) -> Explanation {
         .client_name
         .clone()
         .unwrap_or_else(|| format!("[{}]", q.client_ip));
+    let zones = probe_zones(policy).await;
     // No MTA here: the rDNS is looked up, whatever the MTA would have vouched for.
     let mut lookups = policy.start_lookups(q.client_ip, Default::default);
     if let Some(l) = &mut lookups {
@@ -60,6 +84,7 @@ pub async fn explain(policy: &Policy, q: &Query) -> Explanation {
     Explanation {
         decisions,
         greylist_from_daemon: false,
+        zones,
     }
 }
 
@@ -80,6 +105,9 @@ impl Explanation {
                 out,
                 "greylist state: the running daemon's store (read only: explain records nothing)"
             );
+        }
+        for z in &self.zones {
+            let _ = writeln!(out, "{}", zone_line(z));
         }
         for (rcpt, d) in &self.decisions {
             let _ = writeln!(out, "\nrcpt <{rcpt}>:");
@@ -138,7 +166,29 @@ impl Explanation {
             "from": q.from,
             "recipients": recipients,
             "greylist_from_daemon": self.greylist_from_daemon,
+            "zones": self.zones.iter().map(|z| json!({
+                "zone": z.zone,
+                "list": z.kind.check_name(),
+                "healthy": z.state.health.is_healthy(),
+                "reason": z.state.health.distrust_reason(),
+            })).collect::<Vec<_>>(),
         })
         .to_string()
+    }
+}
+
+/// `zone X (dnsbl): healthy` or `zone X (dnsbl) unhealthy: REASON -> its listing is log-only`.
+fn zone_line(z: &ZoneReport) -> String {
+    let list = z.kind.check_name();
+    match &z.state.health {
+        Health::Healthy => format!("zone {} ({list}): healthy", z.zone),
+        Health::Unknown => format!(
+            "zone {} ({list}) unknown: no probe answered -> its listing is log-only",
+            z.zone
+        ),
+        Health::Unhealthy(r) => format!(
+            "zone {} ({list}) unhealthy: {r} -> its listing is log-only",
+            z.zone
+        ),
     }
 }

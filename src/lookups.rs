@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::checks::dnsbl::board::HealthBoard;
 use crate::checks::dnsbl::{self, ZoneKind, ZoneResult};
 use crate::checks::helo::{self, HeloResolve};
 use crate::checks::rdns::{self, DynamicPatterns, RdnsResult};
@@ -41,6 +42,9 @@ pub struct DnsChecks {
     /// A shadow policy's lookups: not counted in the DNS list metrics nor warned about (the
     /// live policy's lookups are, or the shadow's are extra, not the daemon's).
     pub quiet: bool,
+    /// The zones' health (set by the daemon and `explain`; unset: every zone is trusted, as
+    /// in `check-config` and the tests that feed the policy results directly).
+    pub health: std::sync::OnceLock<Arc<HealthBoard>>,
 }
 
 impl DnsChecks {
@@ -61,6 +65,7 @@ impl DnsChecks {
             deadline: config.dns.timeout * 3,
             unreachable: unreachable_warnings(&config.dnsbl),
             quiet: false,
+            health: std::sync::OnceLock::new(),
         })
     }
 }
@@ -337,11 +342,20 @@ impl ClientLookups {
 
 /// Counts each list's result (zone names come from the config: bounded label values), and
 /// warns (rate-limited, per zone) when a list cannot be reached or refuses to answer.
-fn counted(checks: &DnsChecks, results: Vec<ZoneResult>) -> Vec<ZoneResult> {
+/// Each result also feeds its zone's health (listing rate) and is marked log-only when the
+/// zone is not trusted.
+fn counted(checks: &DnsChecks, mut results: Vec<ZoneResult>) -> Vec<ZoneResult> {
+    let m = crate::metrics::metrics();
+    if let Some(board) = checks.health.get() {
+        let now = crate::store::unix_now();
+        for r in &mut results {
+            board.observe(r, now);
+        }
+    }
+    // A shadow policy's own lookups: not counted in the list metrics nor warned about.
     if checks.quiet {
         return results;
     }
-    let m = crate::metrics::metrics();
     for r in &results {
         m.dnsbl_result(&r.zone, r.outcome.metric_result());
         let failed = match &r.outcome {

@@ -293,6 +293,8 @@ fuzz_target!(|data: &[u8]| {
         },
         query: format!("q.{zone}"),
         answers: vec![Ipv4Addr::new(127, 0, 0, 2)],
+        // A zone that failed its health probes: its listing is log-only.
+        distrust: (input.listed & 32 != 0).then(|| "127.0.0.1 listed".to_string()),
     };
     let ip_lists = vec![zone_result("bl.test", ZoneKind::Ip, input.listed & 1 != 0)];
     let domain_lists = vec![zone_result(

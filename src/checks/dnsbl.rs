@@ -22,6 +22,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::task::Poll;
 
+pub mod board;
+pub mod health;
+pub mod probe;
+
 use crate::checks::Finding;
 use crate::config::{DnsblZone, TempFailureAction};
 use crate::dns::{reversed_ip, Dns, DnsError};
@@ -123,12 +127,27 @@ pub struct ZoneResult {
     pub query: String,
     /// Every A answer received, listing or not (evidence).
     pub answers: Vec<Ipv4Addr>,
+    /// Why this zone's answer does not count (zone health: not yet probed, or unhealthy):
+    /// a listing is then log-only. `None`: the zone is trusted.
+    pub distrust: Option<String>,
 }
 
 impl ZoneResult {
     /// True for [`ZoneOutcome::Listed`].
     pub fn is_listed(&self) -> bool {
         matches!(self.outcome, ZoneOutcome::Listed { .. })
+    }
+
+    /// Listed by a zone trusted to block ([`is_listed`](Self::is_listed) and no `distrust`):
+    /// only such a listing adds its weight or allow-lists the client.
+    pub fn counts(&self) -> bool {
+        self.is_listed() && self.distrust.is_none()
+    }
+
+    /// A failed lookup that may tempfail: the zone's `temp_failure = "tempfail"`, and the
+    /// zone is trusted (an unhealthy zone never refuses, not even temporarily).
+    pub fn may_tempfail(&self) -> bool {
+        self.outcome.is_temporary() && self.tempfail_on_error && self.distrust.is_none()
     }
 
     /// The TXT text of a listing.
@@ -198,11 +217,21 @@ impl ZoneResult {
             ),
             ZoneOutcome::Error(e) => format!("{}: {} -> {e}", self.zone, self.query),
         };
-        vec![Finding {
-            check: self.kind.check_name(),
-            outcome: self.outcome.as_str().into(),
-            detail,
-        }]
+        match (&self.distrust, self.is_listed()) {
+            (Some(reason), true) => vec![Finding {
+                check: self.kind.check_name(),
+                outcome: "untrusted".into(),
+                detail: format!(
+                    "{detail}; zone {} unhealthy: {reason} -> its listing is log-only",
+                    self.zone
+                ),
+            }],
+            _ => vec![Finding {
+                check: self.kind.check_name(),
+                outcome: self.outcome.as_str().into(),
+                detail,
+            }],
+        }
     }
 }
 
@@ -215,7 +244,7 @@ pub fn findings(results: &[ZoneResult]) -> Vec<Finding> {
 pub fn score(results: &[ZoneResult]) -> i32 {
     results
         .iter()
-        .filter(|r| r.kind != ZoneKind::Allow && r.is_listed())
+        .filter(|r| r.kind != ZoneKind::Allow && r.counts())
         .map(|r| r.weight)
         .sum()
 }
@@ -224,7 +253,7 @@ pub fn score(results: &[ZoneResult]) -> i32 {
 pub fn allow_listed(results: &[ZoneResult]) -> Option<&ZoneResult> {
     results
         .iter()
-        .find(|r| r.kind == ZoneKind::Allow && r.is_listed())
+        .find(|r| r.kind == ZoneKind::Allow && r.counts())
 }
 
 /// Block-list results at a glance.
@@ -242,12 +271,14 @@ impl<'a> DnsblSummary<'a> {
     /// Summarises block-list results (allow-list results are ignored).
     pub fn new(results: &'a [ZoneResult]) -> DnsblSummary<'a> {
         let blocks = results.iter().filter(|r| r.kind != ZoneKind::Allow);
-        let mut listed: Vec<&ZoneResult> = blocks.clone().filter(|r| r.is_listed()).collect();
+        let mut listed: Vec<&ZoneResult> = blocks.clone().filter(|r| r.counts()).collect();
         listed.sort_by_key(|r| std::cmp::Reverse(r.weight));
         DnsblSummary {
             score: score(results),
             listed,
-            temporary: blocks.filter(|r| r.outcome.is_temporary()).collect(),
+            temporary: blocks
+                .filter(|r| r.outcome.is_temporary() && r.distrust.is_none())
+                .collect(),
         }
     }
 
@@ -326,6 +357,7 @@ async fn query_zone(dns: &Dns, query: String, zone: &DnsblZone, kind: ZoneKind) 
         outcome: ZoneOutcome::NotListed,
         query,
         answers: Vec::new(),
+        distrust: None,
     };
     if result.query.len() > MAX_QUERY_NAME {
         result.outcome = ZoneOutcome::Error(DnsError::Other(format!(

@@ -189,6 +189,16 @@ impl Config {
                     .into(),
             ));
         }
+        let interval = self.dnsbl.health_check_interval;
+        if !interval.is_zero() && interval < std::time::Duration::from_secs(1) {
+            return Err(error(
+                key_line(text, "dnsbl", "health_check_interval"),
+                format!(
+                    "dnsbl.health_check_interval {} is too short: \"0s\" (off) or at least 1s",
+                    duration::format_duration(interval)
+                ),
+            ));
+        }
         let g = &self.greylist;
         if g.delay >= g.retry_window {
             return Err(error(

@@ -400,6 +400,11 @@ pub struct DnsblConfig {
     /// IP allow lists (`[[dnsbl.allow_zones]]`): a listed client skips the DNSBL verdict.
     /// Default: none.
     pub allow_zones: Vec<DnsblZone>,
+    /// How often every zone is probed with its RFC 5782 test points (first probe at start);
+    /// a zone that fails its probes never blocks (its findings become log-only) until it
+    /// passes again. `"0s"`: no probes, every zone trusted. Default: 60s.
+    #[serde(deserialize_with = "de::one::<_, de::DurationP>")]
+    pub health_check_interval: Duration,
 }
 
 impl Default for DnsblConfig {
@@ -411,6 +416,7 @@ impl Default for DnsblConfig {
             zones: Vec::new(),
             domain_zones: Vec::new(),
             allow_zones: Vec::new(),
+            health_check_interval: Duration::from_secs(60),
         }
     }
 }

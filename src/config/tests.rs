@@ -399,6 +399,26 @@ fn dnsbl_zone_checks() {
         "invalid SMTP reply",
     );
     error_at("[dnsbl]\nthreshold = 0\n", 2, "invalid threshold 0");
+    error_at(
+        "[dnsbl]\nthreshold = 1\nhealth_check_interval = \"100ms\"\n",
+        3,
+        "health_check_interval 100ms is too short",
+    );
+    error_at(
+        "[dnsbl]\nhealth_check_interval = \"often\"\n",
+        2,
+        "invalid duration \"often\"",
+    );
+    let interval = |t: &str| parse(t).unwrap().dnsbl.health_check_interval;
+    assert_eq!(interval(""), Duration::from_secs(60));
+    assert_eq!(
+        interval("[dnsbl]\nhealth_check_interval = \"0s\"\n"),
+        Duration::ZERO
+    );
+    assert_eq!(
+        interval("[dnsbl]\nhealth_check_interval = \"5m\"\n"),
+        Duration::from_secs(300)
+    );
     assert!(parse("[[dnsbl.zones]]\nweight = 2\n")
         .unwrap_err()
         .to_string()

@@ -178,7 +178,10 @@ pub fn format_status(s: &Status) -> String {
     }
     match &s.dnsbl_zones {
         None => {
-            let _ = writeln!(o, "dnsbl zones: health not tracked by this daemon");
+            let _ = writeln!(
+                o,
+                "dnsbl zones: health not tracked (dnsbl.health_check_interval = \"0s\")"
+            );
         }
         Some(zones) if zones.is_empty() => {
             let _ = writeln!(o, "dnsbl zones: none configured");
@@ -253,7 +256,7 @@ mod tests {
             "store entries: 12\n",
             "store last commit: ",
             "(1s ago)\n",
-            "dnsbl zones: health not tracked by this daemon\n",
+            "dnsbl zones: health not tracked (dnsbl.health_check_interval = \"0s\")\n",
         ] {
             assert!(text.contains(line), "{line:?} missing:\n{text}");
         }

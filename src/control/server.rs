@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::protocol::{
     check_line, decode_request, encode_response, Frame, ReloadStatus, Request, Response,
-    ShadowStatus, Status, StoreStatus, WireEntry, MAX_LIST, MAX_REQUEST,
+    ShadowStatus, Status, StoreStatus, WireEntry, ZoneHealth, MAX_LIST, MAX_REQUEST,
 };
 use crate::config::Config;
 use crate::metrics::metrics;
@@ -366,8 +366,7 @@ async fn status(ctx: &Context) -> Status {
         }),
         connections_open: metrics().connections_open_now(),
         store,
-        // Zone health: the DNSBL health checks fill this in (`None`: not tracked).
-        dnsbl_zones: None,
+        dnsbl_zones: zone_health(ctx.policy.health()),
         shadow: crate::session::PolicySource::current(&*ctx.policy)
             .shadow_path()
             .map(|path| {
@@ -379,6 +378,26 @@ async fn status(ctx: &Context) -> Status {
                 }
             }),
     }
+}
+
+/// Every configured zone's health; `None` when the checks are off (`health_check_interval =
+/// "0s"`: every zone is trusted).
+fn zone_health(board: &crate::checks::dnsbl::board::HealthBoard) -> Option<Vec<ZoneHealth>> {
+    use crate::checks::dnsbl::health::Health;
+    if !board.enabled() {
+        return None;
+    }
+    let zones = board.report().into_iter().map(|z| ZoneHealth {
+        healthy: z.state.health.is_healthy(),
+        since: z.state.since,
+        reason: match &z.state.health {
+            Health::Healthy => None,
+            Health::Unknown => Some("not yet probed: listings are log-only".into()),
+            Health::Unhealthy(r) => Some(format!("{r}: listings are log-only")),
+        },
+        zone: z.zone,
+    });
+    Some(zones.collect())
 }
 
 #[cfg(test)]

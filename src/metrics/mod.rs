@@ -274,6 +274,7 @@ pub struct Metrics {
     dnsbl_results: IntCounterVec,
     dnsbl_refusals: IntCounterVec,
     dnsbl_zones: Admitted,
+    dnsbl_zone_healthy: IntGaugeVec,
     /// `[kind][error]`, kinds and errors each with `other` last.
     dns_errors: Vec<Vec<IntCounter>>,
     dns_duration: Fixed<Histogram, 5>,
@@ -373,6 +374,14 @@ impl Metrics {
             r,
             "mxsentry_dnsbl_refusals_total",
             "Refusals (reject or tempfail) caused by a listing, by configured zone.",
+            &["zone"],
+        );
+        let dnsbl_zone_healthy = gauge_vec(
+            r,
+            "mxsentry_dnsbl_zone_healthy",
+            "1 while a DNS list zone passes its RFC 5782 health probes and its listings count; \
+             0 while unknown or unhealthy (listings are log-only). Absent when \
+             dnsbl.health_check_interval is 0s.",
             &["zone"],
         );
         let dns_errors_vec = counter_vec(
@@ -546,6 +555,7 @@ impl Metrics {
             dnsbl_results,
             dnsbl_refusals,
             dnsbl_zones: Admitted::default(),
+            dnsbl_zone_healthy,
             dns_errors,
             dns_duration: Fixed::new(&DNS_KINDS, |k| dns_duration_vec.with_label_values(&[k])),
             greylist_entries_fixed: Default::default(),
@@ -687,6 +697,21 @@ impl Metrics {
     pub fn dnsbl_refusal(&self, zone: &str) {
         let zone = self.dnsbl_zones.admit(zone_name(zone));
         self.dnsbl_refusals.with_label_values(&[zone]).inc();
+    }
+
+    /// A configured zone's health: 1 healthy (its listings count), 0 unknown or unhealthy.
+    pub fn dnsbl_zone_healthy(&self, zone: &str, healthy: bool) {
+        let zone = self.dnsbl_zones.admit(zone_name(zone));
+        self.dnsbl_zone_healthy
+            .with_label_values(&[zone])
+            .set(i64::from(healthy));
+    }
+
+    /// A zone no longer configured: its health series goes away.
+    pub fn dnsbl_zone_health_forget(&self, zone: &str) {
+        let _ = self
+            .dnsbl_zone_healthy
+            .remove_label_values(&[zone_name(zone)]);
     }
 
     /// Pre-resolved counters for one configured zone: build one per zone when the

@@ -41,6 +41,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("mxsentry_build_info", "gauge"),
     ("mxsentry_control_requests_total", "counter"),
     ("mxsentry_shadow_verdicts_total", "counter"),
+    ("mxsentry_dnsbl_zone_healthy", "gauge"),
 ];
 
 /// A strict reader of the text exposition format (version 0.0.4) as the Prometheus server
@@ -277,6 +278,7 @@ const ON_FIRST_USE: &[&str] = &[
     "mxsentry_findings_total",
     "mxsentry_dnsbl_results_total",
     "mxsentry_dnsbl_refusals_total",
+    "mxsentry_dnsbl_zone_healthy",
     "mxsentry_greylist_entries",
     "mxsentry_greylist_operation_duration_seconds",
     "mxsentry_shadow_verdicts_total",
@@ -350,6 +352,11 @@ fn counters_move() {
     zone.result("not_listed");
     zone.result("blocked");
     zone.refusal();
+    m.dnsbl_zone_healthy("bl.example", true);
+    m.dnsbl_zone_healthy("wild.example", true);
+    m.dnsbl_zone_healthy("wild.example", false);
+    m.dnsbl_zone_healthy("gone.example", true);
+    m.dnsbl_zone_health_forget("gone.example");
     m.greylist_entries("embedded", 42);
     m.greylist_op("redis", "lookup", 0.002, true);
     m.greylist_op("redis", "record", 0.3, false);
@@ -389,6 +396,18 @@ fn counters_move() {
         (1.0, 0.0, 2.0)
     );
     assert_eq!(at("mxsentry_connections_limit", &[]), 10_000.0);
+    let healthy = |z| {
+        s.get(&key("mxsentry_dnsbl_zone_healthy", &[("zone", z)]))
+            .copied()
+    };
+    assert_eq!(
+        (
+            healthy("bl.example"),
+            healthy("wild.example"),
+            healthy("gone.example")
+        ),
+        (Some(1.0), Some(0.0), None)
+    );
     assert_eq!(at("mxsentry_recipients_over_limit_total", &[]), 1.0);
     assert_eq!(at("mxsentry_messages_total", &[("verdict", "accept")]), 2.0);
     assert_eq!(

@@ -25,6 +25,11 @@ impl Policy {
         if let Some(z) = allowed {
             findings.extend(z.findings());
             outcome.allow_listed = true;
+        } else {
+            // A listing by an allow list that is not trusted (zone health) vouches for nobody;
+            // it is shown, with the reason.
+            let untrusted = r.allow_lists.iter().filter(|z| z.is_listed());
+            findings.extend(untrusted.flat_map(|z| z.findings()));
         }
 
         // PTR / FCrDNS. A failed lookup refuses only as far as the rDNS actions could have.
@@ -107,12 +112,12 @@ impl Policy {
         let mut unknown_weight = 0i32;
         for z in ip_lists.iter().chain(r.domain_lists) {
             findings.extend(z.findings());
-            if z.is_listed() {
+            if z.counts() {
                 score += z.weight;
                 if heaviest.is_none_or(|h| z.weight > h.weight) {
                     heaviest = Some(z);
                 }
-            } else if z.outcome.is_temporary() && z.tempfail_on_error {
+            } else if z.may_tempfail() {
                 unknown_weight += z.weight.max(0);
             }
         }

@@ -213,6 +213,19 @@ impl Policy {
         self
     }
 
+    /// Attaches the zones' health (kept across reloads by the server; built by `explain`):
+    /// from then on a listing counts only from a zone whose probes passed.
+    pub fn with_zone_health(self, board: Arc<crate::checks::dnsbl::board::HealthBoard>) -> Policy {
+        self.set_zone_health(board);
+        self
+    }
+
+    /// [`with_zone_health`](Self::with_zone_health) on a shared policy (`explain`). A policy
+    /// keeps the first board it is given.
+    pub fn set_zone_health(&self, board: Arc<crate::checks::dnsbl::board::HealthBoard>) {
+        let _ = self.dns.health.set(board);
+    }
+
     /// The greylister, when a store is attached.
     pub fn greylister(&self) -> Option<&Arc<Greylister>> {
         self.greylister.as_ref()

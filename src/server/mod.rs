@@ -21,6 +21,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::checks::dnsbl::board::HealthBoard;
+use crate::checks::dnsbl::probe;
 use crate::config::{Config, OverflowAction};
 use crate::log_limit::WarnEvery;
 use crate::metrics::{self, metrics};
@@ -44,6 +46,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 pub struct SharedPolicy {
     current: RwLock<Arc<Policy>>,
     store: Option<Arc<dyn GreylistStore>>,
+    /// The zones' health, probed by a task of the daemon; kept across reloads.
+    health: Arc<HealthBoard>,
     loads: Mutex<Loads>,
 }
 
@@ -59,10 +63,12 @@ pub struct Loads {
 
 impl SharedPolicy {
     pub fn new(policy: Policy, store: Option<Arc<dyn GreylistStore>>) -> SharedPolicy {
-        let policy = attach(policy, &store);
+        let health = HealthBoard::new(&policy.config().dnsbl);
+        let policy = attach(policy, &store, &health);
         SharedPolicy {
             current: RwLock::new(Arc::new(policy)),
             store,
+            health,
             loads: Mutex::new(Loads {
                 loaded_at: store::unix_now(),
                 last_reload: None,
@@ -71,13 +77,21 @@ impl SharedPolicy {
     }
 
     pub fn replace(&self, policy: Policy) {
-        let policy = attach(policy, &self.store);
+        self.health.reconcile(&policy.config().dnsbl);
+        let policy = attach(policy, &self.store, &self.health);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        // After the swap: the probe task reads the configuration in force when it wakes.
+        self.health.wake();
     }
 
     /// The greylist store the daemon holds (the control socket's handle to it).
     pub fn store(&self) -> Option<&Arc<dyn GreylistStore>> {
         self.store.as_ref()
+    }
+
+    /// The zones' health (`mxsentry status`, the probe task).
+    pub fn health(&self) -> &Arc<HealthBoard> {
+        &self.health
     }
 
     /// When the configuration was loaded and how the last reload went.
@@ -95,7 +109,12 @@ impl SharedPolicy {
     }
 }
 
-fn attach(policy: Policy, store: &Option<Arc<dyn GreylistStore>>) -> Policy {
+fn attach(
+    policy: Policy,
+    store: &Option<Arc<dyn GreylistStore>>,
+    health: &Arc<HealthBoard>,
+) -> Policy {
+    let policy = policy.with_zone_health(health.clone());
     match store {
         Some(s) => policy.with_greylist_store(s.clone()),
         None => policy,
@@ -236,6 +255,17 @@ impl Server {
                 )
             }),
         });
+        // Zone health probes: the first round starts now (before the first
+        // connection is accepted), then every health_check_interval.
+        let probes = {
+            let shared = policy.clone();
+            let current = move || shared.current().config().clone();
+            tokio::spawn(probe::run(
+                policy.health().clone(),
+                current,
+                stop_rx.clone(),
+            ))
+        };
         let mut accept_tasks = Vec::new();
         for l in listeners {
             accept_tasks.push(tokio::spawn(accept_loop(l, shared.clone())));
@@ -251,6 +281,7 @@ impl Server {
         for t in accept_tasks {
             let _ = t.await;
         }
+        probes.abort();
         if let Some(c) = control {
             let _ = c.await;
         }

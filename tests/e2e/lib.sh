@@ -171,6 +171,14 @@ socket = "$S/control.sock"
 EOT
 }
 
+# mx_zones_probed : `mxsentry status` answers and no DNS list zone is still waiting for its
+# first health probe
+mx_zones_probed() {
+  local out
+  out="$("$MXSENTRY_BIN" status --config "$(mx_dir)/mxsentry.toml" 2>/dev/null)" || return 1
+  grep -q '^dnsbl zone' <<<"$out" && ! grep -q 'not yet probed' <<<"$out"
+}
+
 mx_start() {
   local S; S="$(mx_dir)"
   if pid_alive "$S/pid"; then return 0; fi
@@ -195,6 +203,8 @@ mx_start() {
     fi
     if ! port_free "$MILTER_ADDR" "$MILTER_PORT" && [ -S "$S/mxsentry.sock" ]; then
       log "mxsentry up (pid $(cat "$S/pid")) on inet:$MILTER_PORT@$MILTER_ADDR and unix:$S/mxsentry.sock; log $S/mxsentry.log"
+      # A DNS list blocks only once its first health probe passed: wait for that (bounded).
+      wait_for 30 mx_zones_probed || echo "# mxsentry: DNS list zones not all probed within 30s" >&2
       return 0
     fi
     sleep 0.2

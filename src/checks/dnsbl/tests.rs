@@ -181,6 +181,7 @@ fn result(kind: ZoneKind, weight: i32, outcome: ZoneOutcome) -> ZoneResult {
         outcome,
         query: String::new(),
         answers: Vec::new(),
+        distrust: None,
     }
 }
 
