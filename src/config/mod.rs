@@ -222,6 +222,17 @@ impl Config {
                 ),
             ));
         }
+        if !g.redis_cluster.is_empty() {
+            let other = ["redis_url", "redis_sentinels"]
+                .into_iter()
+                .find(|k| key_line(text, "greylist", k).is_some());
+            if let Some(other) = other {
+                return Err(error(
+                    key_line(text, "greylist", other),
+                    format!("greylist: set one of {other} and redis_cluster, not both"),
+                ));
+            }
+        }
         if !g.redis_sentinels.is_empty() {
             if key_line(text, "greylist", "redis_url").is_some() {
                 return Err(error(

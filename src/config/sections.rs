@@ -547,6 +547,10 @@ pub struct GreylistConfig {
     /// `redis_master`; instead of `redis_url`. Failovers are followed without a restart.
     #[serde(deserialize_with = "de::list::<_, de::RedisSentinelUrlP>")]
     pub redis_sentinels: Vec<String>,
+    /// Seed nodes of a Redis Cluster (`redis://host:7000`; the others are discovered); instead
+    /// of `redis_url`. A client's keys share one hash slot.
+    #[serde(deserialize_with = "de::list::<_, de::RedisClusterUrlP>")]
+    pub redis_cluster: Vec<String>,
     /// The name the sentinels monitor the primary under (with `redis_sentinels`).
     #[serde(deserialize_with = "de::opt::<_, de::NonEmptyP>")]
     pub redis_master: Option<String>,
@@ -603,6 +607,7 @@ impl Default for GreylistConfig {
             path: PathBuf::from("/var/lib/mxsentry/greylist.db"),
             redis_url: "redis://127.0.0.1:6379/0".into(),
             redis_sentinels: Vec::new(),
+            redis_cluster: Vec::new(),
             redis_master: None,
             redis_username: None,
             redis_password_file: None,

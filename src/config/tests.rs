@@ -499,6 +499,16 @@ fn enums_and_bad_variants() {
         "needs redis_master",
     );
     error_at(
+        "[greylist]\nredis_url = \"redis://a:6379\"\nredis_cluster = [\"redis://n:7000\"]\n",
+        2,
+        "one of redis_url and redis_cluster",
+    );
+    error_at(
+        "[greylist]\nredis_cluster = [\"unix:///run/n.sock\"]\n",
+        2,
+        "over TCP",
+    );
+    error_at(
         "[greylist]\nredis_master = \"m\"\n",
         2,
         "only used with redis_sentinels",

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use ::redis::aio::MultiplexedConnection;
-use ::redis::RedisError;
+use ::redis::aio::{ConnectionLike, MultiplexedConnection};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::watch;
 
 use super::target::Target;
@@ -19,6 +20,43 @@ const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The shared connection and its reconnect state.
+/// The shared connection: one multiplexed connection to a server, or a Redis Cluster
+/// connection (which routes each command to the node of its key's slot, follows `MOVED`, and
+/// keeps a connection per node).
+#[derive(Clone)]
+pub(super) enum Con {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Con {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Con::Single(c) => c.req_packed_command(cmd),
+            Con::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Con::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Con::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Con::Single(c) => c.get_db(),
+            Con::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub(super) struct Link {
     target: Target,
     /// What the store connects to, for logs (never the password).
@@ -32,7 +70,7 @@ pub(super) struct Link {
 
 struct Slot {
     /// The live connection and its generation.
-    con: Option<(u64, MultiplexedConnection)>,
+    con: Option<(u64, Con)>,
     /// A connect task is running.
     connecting: bool,
     /// After a failed attempt: no new attempt before this instant.
@@ -47,7 +85,7 @@ struct Slot {
 
 pub(super) struct Lease {
     pub(super) gen: u64,
-    pub(super) con: MultiplexedConnection,
+    pub(super) con: Con,
     /// Made for this caller (so a failure on it is not a stale connection).
     pub(super) fresh: bool,
 }

@@ -73,7 +73,8 @@
 //! Where it connects ([`RedisSpec`], the `[greylist]` redis keys) is resolved by `target`: one
 //! server (`redis://`, `rediss://` with rustls and an optional private CA, `unix://`), or the
 //! primary that Redis Sentinels name, asked again on every reconnect, so a failover is followed
-//! without a restart. The password comes from a file, re-read for every new connection.
+//! without a restart; or a Redis Cluster, where every key carries a hash tag ([`cluster_tag`]:
+//! the client part, so a client's keys share a slot) and the scanning calls visit each primary. The password comes from a file, re-read for every new connection.
 //!
 //! # Size and durability
 //! `len` counts the keys under the prefix with `SCAN` (one pass over the database, in batches);
@@ -99,14 +100,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ::redis::aio::MultiplexedConnection;
 use ::redis::{RedisResult, Script, Value};
 use async_trait::async_trait;
 
-use link::{breaks_connection, map_error, Failure, Link};
+use link::{breaks_connection, map_error, Con, Failure, Link};
 use script::{parse_cas_reply, CAS_SCRIPT, DELETE_IF_SCRIPT};
 pub use target::{
-    check_sentinel_url, check_spec, check_url, read_ca_file, read_password_file, redact, RedisSpec,
+    check_cluster_url, check_sentinel_url, check_spec, check_url, read_ca_file, read_password_file,
+    redact, RedisSpec,
 };
 
 use super::record::{self, Order, LEN as ENCODED_LEN, VERSION as ENCODING_VERSION};
@@ -137,6 +138,8 @@ pub struct RedisStore {
     stripes: Box<[tokio::sync::Mutex<()>]>,
     cas: Script,
     delete_if: Script,
+    /// Keys carry a hash tag (Redis Cluster).
+    cluster: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -163,7 +166,9 @@ impl RedisStore {
     /// Redis is down.
     pub async fn open(spec: &RedisSpec) -> Result<RedisStore, StoreError> {
         let target = target::Target::resolve(spec).map_err(StoreError::Unavailable)?;
+        let cluster = target.is_cluster();
         let store = RedisStore {
+            cluster,
             link: Arc::new(Link::new(target, DEFAULT_TIMEOUT)),
             timeout: DEFAULT_TIMEOUT,
             dedicated_db: false,
@@ -204,8 +209,14 @@ impl RedisStore {
         self.link.is_connected()
     }
 
-    fn redis_key(key: &str) -> String {
-        format!("{KEY_PREFIX}{key}")
+    /// The Redis key of store key `key`: [`KEY_PREFIX`] + `key`; on a Redis Cluster with a
+    /// hash tag before the key (see [`cluster_tag`]).
+    fn redis_key(&self, key: &str) -> String {
+        if self.cluster {
+            format!("{KEY_PREFIX}{{{}}}{key}", cluster_tag(key))
+        } else {
+            format!("{KEY_PREFIX}{key}")
+        }
     }
 
     fn stripe(&self, key: &str) -> &tokio::sync::Mutex<()> {
@@ -228,7 +239,7 @@ impl RedisStore {
         op: F,
     ) -> Result<T, StoreError>
     where
-        F: Fn(MultiplexedConnection) -> Fut + Send + Sync,
+        F: Fn(Con) -> Fut + Send + Sync,
         Fut: Future<Output = RedisResult<T>> + Send,
         T: Send,
     {
@@ -285,7 +296,7 @@ impl GreylistStore for RedisStore {
 
     async fn update(&self, key: &str, f: &UpdateFn<'_>) -> Result<Option<Entry>, StoreError> {
         let deadline = self.deadline();
-        let rkey = Self::redis_key(key);
+        let rkey = self.redis_key(key);
         let _serialized = tokio::time::timeout_at(deadline, self.stripe(key).lock())
             .await
             .map_err(|_| StoreError::Timeout)?;
@@ -331,7 +342,7 @@ impl GreylistStore for RedisStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        match self.get_raw(self.deadline(), &Self::redis_key(key)).await? {
+        match self.get_raw(self.deadline(), &self.redis_key(key)).await? {
             None => Ok(None),
             Some(bytes) => decode(&bytes)
                 .map(Some)
@@ -340,7 +351,7 @@ impl GreylistStore for RedisStore {
     }
 
     async fn put(&self, key: &str, entry: Entry) -> Result<(), StoreError> {
-        let rkey = Self::redis_key(key);
+        let rkey = self.redis_key(key);
         let (rkey, value, ttl) = (&rkey, encode(&entry), ttl_secs(entry.expires));
         self.run(self.deadline(), true, |mut con| async move {
             ::redis::cmd("SET")
@@ -355,7 +366,7 @@ impl GreylistStore for RedisStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let rkey = Self::redis_key(key);
+        let rkey = self.redis_key(key);
         let rkey = &rkey;
         let removed: u64 = self
             .run(self.deadline(), true, |mut con| async move {
@@ -409,6 +420,34 @@ fn decode(bytes: &[u8]) -> Result<Entry, String> {
             bytes.first().copied().unwrap_or(0)
         )
     })
+}
+
+/// The hash tag of a store key on a Redis Cluster: its client part (the network or sender pool
+/// between `t:`/`c:` and the first `|`), so that a client's triplet keys and its autowhitelist
+/// key share one slot, one node. Hashed keys (`hash_keys`) have no readable client part: the
+/// whole key is its own tag. Braces are left out (Redis ends the tag at the first `}`).
+pub fn cluster_tag(key: &str) -> String {
+    let body = key
+        .strip_prefix("t:")
+        .or_else(|| key.strip_prefix("c:"))
+        .unwrap_or(key);
+    let client = if body.len() == 32 && body.bytes().all(|b| b.is_ascii_hexdigit()) {
+        key // hashed: `t:`/`c:` + 32 hex digits
+    } else {
+        body.split('|').next().unwrap_or(body)
+    };
+    client.chars().filter(|c| !matches!(c, '{' | '}')).collect()
+}
+
+/// The store key inside Redis key `full` (without the prefix and a cluster hash tag).
+fn store_key_of(full: &str, cluster: bool) -> Option<&str> {
+    let rest = full.strip_prefix(KEY_PREFIX)?;
+    let rest = if cluster {
+        rest.strip_prefix('{')?.split_once('}')?.1
+    } else {
+        rest
+    };
+    (!rest.is_empty()).then_some(rest)
 }
 
 /// Escapes the glob characters of `SCAN MATCH` so that `s` matches literally.

@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use ::redis::aio::MultiplexedConnection;
+use ::redis::cluster::ClusterClient;
 use ::redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
     TlsCertificates, Value,
 };
 
+use super::link::Con;
 use crate::config::GreylistConfig;
 
 /// How the store reaches Redis, from `[greylist]`.
@@ -32,6 +33,9 @@ pub struct RedisSpec {
     /// `redis_sentinels`: sentinel URLs (`redis://host:26379[/db]`); the path's database number
     /// is the one used on the primary.
     pub sentinels: Vec<String>,
+    /// `redis_cluster`: seed nodes of a Redis Cluster (`redis://host:7000`); the rest of the
+    /// cluster is discovered from them.
+    pub cluster: Vec<String>,
     /// `redis_master`: the name the sentinels monitor the primary under.
     pub master: String,
     /// `redis_username` (ACL user; or the user part of the URL).
@@ -56,6 +60,7 @@ impl RedisSpec {
         RedisSpec {
             url: g.redis_url.clone(),
             sentinels: g.redis_sentinels.clone(),
+            cluster: g.redis_cluster.clone(),
             master: g.redis_master.clone().unwrap_or_default(),
             username: g.redis_username.clone(),
             password_file: g.redis_password_file.clone(),
@@ -65,7 +70,10 @@ impl RedisSpec {
 
     /// Where the store connects, for logs and `status` (never a password).
     pub fn describe(&self) -> String {
-        if self.sentinels.is_empty() {
+        if !self.cluster.is_empty() {
+            let list: Vec<String> = self.cluster.iter().map(|s| redact(s)).collect();
+            format!("cluster {}", list.join(","))
+        } else if self.sentinels.is_empty() {
             redact(&self.url)
         } else {
             let list: Vec<String> = self.sentinels.iter().map(|s| redact(s)).collect();
@@ -90,6 +98,7 @@ pub(super) struct Target {
 
 enum Mode {
     Single(ConnectionInfo),
+    Cluster(Vec<ConnectionInfo>),
     Sentinel {
         sentinels: Vec<ConnectionInfo>,
         master: String,
@@ -101,7 +110,7 @@ enum Mode {
 
 /// An established data connection and the server it goes to.
 pub(super) struct Connected {
-    pub con: MultiplexedConnection,
+    pub con: Con,
     pub server: String,
 }
 
@@ -116,7 +125,30 @@ impl Target {
             Some(path) => Some(read_ca_file(path)?),
             None => None,
         };
-        let mode = if spec.sentinels.is_empty() {
+        let mode = if !spec.cluster.is_empty() {
+            if !spec.sentinels.is_empty() {
+                return Err("set one of redis_sentinels and redis_cluster, not both".into());
+            }
+            let mut nodes = Vec::new();
+            for url in &spec.cluster {
+                let info = check_tcp_url(url, "cluster node")?;
+                if info.redis.db != 0 {
+                    return Err(format!(
+                        "cluster node {:?}: a Redis Cluster has only database 0",
+                        redact(url)
+                    ));
+                }
+                if password.is_some() && info.redis.password.is_some() {
+                    return Err(format!(
+                        "cluster node {:?} has a password and redis_password_file is set: keep \
+                         the password in the file only",
+                        redact(url)
+                    ));
+                }
+                nodes.push(info);
+            }
+            Mode::Cluster(nodes)
+        } else if spec.sentinels.is_empty() {
             let info = parse_url(&spec.url)?;
             if password.is_some() && info.redis.password.is_some() {
                 return Err(format!(
@@ -203,6 +235,58 @@ impl Target {
         built.map_err(|e| e.to_string())
     }
 
+    /// Whether keys must carry a hash tag (Redis Cluster).
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.mode, Mode::Cluster(_))
+    }
+
+    /// A cluster connection: the seed nodes with the shared credentials and TLS trust; node
+    /// failures are retried once inside the crate (the store's deadline bounds the rest).
+    async fn connect_cluster(
+        &self,
+        nodes: &[ConnectionInfo],
+        timeout: Duration,
+    ) -> Result<Connected, String> {
+        let mut infos = Vec::new();
+        for node in nodes {
+            let mut info = node.clone();
+            self.credentials(&mut info);
+            infos.push(info);
+        }
+        let server = infos
+            .iter()
+            .map(|i| i.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut builder = ClusterClient::builder(infos)
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(1);
+        if let Some(pem) = &self.ca_pem {
+            if nodes
+                .iter()
+                .any(|n| matches!(n.addr, ConnectionAddr::TcpTls { .. }))
+            {
+                builder = builder.certs(TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                });
+            }
+        }
+        let client = builder.build().map_err(|e| e.to_string())?;
+        let con = bounded(timeout, async {
+            client
+                .get_async_connection()
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        Ok(Connected {
+            con: Con::Cluster(con),
+            server,
+        })
+    }
+
     /// Connects to the data server (for sentinels: asks them for the primary first), within
     /// `timeout` per step.
     pub(super) async fn connect(&self, timeout: Duration) -> Result<Connected, String> {
@@ -219,8 +303,12 @@ impl Target {
                         .map_err(|e| e.to_string())
                 })
                 .await?;
-                Ok(Connected { con, server })
+                Ok(Connected {
+                    con: Con::Single(con),
+                    server,
+                })
             }
+            Mode::Cluster(nodes) => self.connect_cluster(nodes, timeout).await,
             Mode::Sentinel {
                 sentinels,
                 master,
@@ -293,7 +381,10 @@ impl Target {
             match attempt {
                 Ok(con) => {
                     self.next_sentinel.store(index, Ordering::Relaxed);
-                    return Ok(Connected { con, server });
+                    return Ok(Connected {
+                        con: Con::Single(con),
+                        server,
+                    });
                 }
                 Err(why) => errors.push(format!(
                     "sentinel {} names {server}, which {why}",
@@ -411,11 +502,20 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 /// Checks one `redis_sentinels` entry: `redis://` or `rediss://` with a host.
 pub fn check_sentinel_url(url: &str) -> Result<ConnectionInfo, String> {
+    check_tcp_url(url, "sentinel")
+}
+
+/// Checks one `redis_cluster` entry: `redis://` or `rediss://` with a host, database 0.
+pub fn check_cluster_url(url: &str) -> Result<ConnectionInfo, String> {
+    check_tcp_url(url, "cluster node")
+}
+
+fn check_tcp_url(url: &str, what: &str) -> Result<ConnectionInfo, String> {
     let info = parse_url(url)?;
     match info.addr {
         ConnectionAddr::Tcp(..) | ConnectionAddr::TcpTls { .. } => Ok(info),
         ConnectionAddr::Unix(_) => Err(format!(
-            "sentinel {:?}: a sentinel is reached over TCP (redis:// or rediss://)",
+            "{what} {:?}: a {what} is reached over TCP (redis:// or rediss://)",
             redact(url)
         )),
     }

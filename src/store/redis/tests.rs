@@ -138,3 +138,28 @@ fn specs_are_checked_before_connecting() {
     assert!(check_spec(&spec).unwrap_err().contains("one scheme"));
     assert!(check_sentinel_url("unix:///run/sentinel.sock").is_err());
 }
+
+#[test]
+fn cluster_tags_put_a_clients_keys_in_one_slot() {
+    assert_eq!(
+        cluster_tag("t:192.0.2.0/24|a@b.example|c@d.example"),
+        "192.0.2.0/24"
+    );
+    assert_eq!(cluster_tag("c:192.0.2.0/24"), "192.0.2.0/24");
+    assert_eq!(
+        cluster_tag("t:pool:outlook.com|a@b|c@d"),
+        "pool:outlook.com"
+    );
+    assert_eq!(
+        cluster_tag("c:pool:odd}name{.example"),
+        "pool:oddname.example"
+    );
+    // hashed keys: each its own tag
+    let hashed = "t:0123456789abcdef0123456789abcdef";
+    assert_eq!(cluster_tag(hashed), hashed);
+    let full = format!("{KEY_PREFIX}{{192.0.2.0/24}}t:192.0.2.0/24|a|b");
+    assert_eq!(store_key_of(&full, true), Some("t:192.0.2.0/24|a|b"));
+    assert_eq!(store_key_of("mxsentry:gl:t:x", false), Some("t:x"));
+    assert_eq!(store_key_of("mxsentry:gl:", false), None);
+    assert_eq!(store_key_of("other", false), None);
+}
