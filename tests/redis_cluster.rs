@@ -23,21 +23,7 @@ const THREADS: usize = 4;
 
 fn start_cluster() -> Vec<RedisServer> {
     let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            RedisServer::start_with(
-                [
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                ]
-                .map(String::from)
-                .to_vec(),
-                None,
-            )
-        })
+        .map(|_| RedisServer::start_cluster_node(5000))
         .collect();
     let mut create = Command::new("redis-cli");
     create.arg("--cluster").arg("create");

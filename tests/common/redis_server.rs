@@ -58,6 +58,28 @@ impl RedisServer {
         RedisServer::start_custom(free_port(), extra, password, None)
     }
 
+    /// A Redis Cluster node (`cluster-enabled yes`, its `nodes.conf` in its directory) on a free
+    /// port whose cluster bus port (port + 10000) is free too.
+    pub fn start_cluster_node(node_timeout_ms: u64) -> RedisServer {
+        let port = loop {
+            let port = free_port();
+            if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                break port;
+            }
+        };
+        let extra = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            &node_timeout_ms.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        RedisServer::start_custom(port, extra, None, None)
+    }
+
     /// A sentinel monitoring `master_name` at 127.0.0.1:`master_port` with quorum 2, fast
     /// failure detection (`down_after_ms`) and failover timeout.
     pub fn start_sentinel(master_name: &str, master_port: u16, down_after_ms: u64) -> RedisServer {
