@@ -337,7 +337,12 @@ impl Target {
         for i in 0..sentinels.len() {
             let index = (first + i) % sentinels.len();
             let sentinel = &sentinels[index];
-            let addr = match bounded(timeout, ask_sentinel(sentinel, master, config)).await {
+            let asked = async {
+                // The sentinel's own credentials (from its URL); the CA file applies to it too.
+                let client = self.client(sentinel.clone())?;
+                ask_sentinel(client, master, config).await
+            };
+            let addr = match bounded(timeout, asked).await {
                 Ok(addr) => addr,
                 Err(why) => {
                     errors.push(format!("sentinel {}: {why}", sentinel.addr));
@@ -398,11 +403,10 @@ impl Target {
 
 /// `SENTINEL get-master-addr-by-name`: the primary's host and port.
 async fn ask_sentinel(
-    sentinel: &ConnectionInfo,
+    client: Client,
     master: &str,
     config: &AsyncConnectionConfig,
 ) -> Result<(String, u16), String> {
-    let client = Client::open(sentinel.clone()).map_err(|e| e.to_string())?;
     let mut con = client
         .get_multiplexed_async_connection_with_config(config)
         .await
