@@ -125,25 +125,3 @@ fn explain_applies_recipient_rules_after_a_senders_ok() {
     assert_eq!(r[1]["verdict"], "discard", "{out}");
     assert_eq!(r[2]["verdict"], "accept", "{out}");
 }
-
-#[test]
-fn check_config_refuses_what_run_refuses_rediss() {
-    // rediss:// used to pass check-config and fail only at `run`: both now say so, with the line.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("milter.toml");
-    std::fs::write(
-        &path,
-        "[greylist]\nstore = \"redis\"\nredis_url = \"rediss://cache.example:6380/0\"\n",
-    )
-    .unwrap();
-    let p = path.to_str().unwrap();
-    for command in ["check-config", "run"] {
-        let (code, out, err) = mxsentry(&[command, "--config", p]);
-        assert_eq!(code, 1, "{command}: {out}{err}");
-        assert!(err.contains(&format!("{p}:3:")), "{command}: {err}");
-        assert!(
-            err.contains("rediss:// (Redis over TLS) is not supported"),
-            "{command}: {err}"
-        );
-    }
-}

@@ -190,6 +190,18 @@ parser!(
     |s: &str| { values::check_redis_url(s).map(|()| s.to_string()) }
 );
 parser!(
+    RedisSentinelUrlP,
+    String,
+    "a sentinel URL like \"redis://127.0.0.1:26379\"",
+    |s: &str| { crate::store::redis::check_sentinel_url(s).map(|_| s.to_string()) }
+);
+parser!(
+    RedisClusterUrlP,
+    String,
+    "a cluster node URL like \"redis://127.0.0.1:7000\"",
+    |s: &str| { crate::store::redis::check_cluster_url(s).map(|_| s.to_string()) }
+);
+parser!(
     LocalPartP,
     String,
     "a local part like \"postmaster\"",

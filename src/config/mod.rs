@@ -140,7 +140,33 @@ impl Config {
             line: None,
             reason: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, path)
+        let config = Config::parse(&text, path)?;
+        config.check_files(&text, path)?;
+        Ok(config)
+    }
+
+    /// The checks that read other files the configuration names (`parse` reads nothing but
+    /// its text): the Redis password and CA files, as the store will read them.
+    fn check_files(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let g = &self.greylist;
+        if g.store != StoreKind::Redis {
+            return Ok(());
+        }
+        let spec = crate::store::redis::RedisSpec::from_config(g);
+        crate::store::redis::check_spec(&spec).map_err(|reason| {
+            let key = if reason.contains("redis_ca_file") {
+                "redis_ca_file"
+            } else if reason.contains("password") {
+                "redis_password_file"
+            } else {
+                "redis_url"
+            };
+            ConfigError {
+                file: path.to_path_buf(),
+                line: key_line(text, "greylist", key),
+                reason,
+            }
+        })
     }
 
     /// Parses and checks configuration text; `path` is only used in error messages.
@@ -208,6 +234,38 @@ impl Config {
                     duration::format_duration(g.delay),
                     duration::format_duration(g.retry_window)
                 ),
+            ));
+        }
+        if !g.redis_cluster.is_empty() {
+            let other = ["redis_url", "redis_sentinels"]
+                .into_iter()
+                .find(|k| key_line(text, "greylist", k).is_some());
+            if let Some(other) = other {
+                return Err(error(
+                    key_line(text, "greylist", other),
+                    format!("greylist: set one of {other} and redis_cluster, not both"),
+                ));
+            }
+        }
+        if !g.redis_sentinels.is_empty() {
+            if key_line(text, "greylist", "redis_url").is_some() {
+                return Err(error(
+                    key_line(text, "greylist", "redis_url"),
+                    "greylist: set one of redis_url and redis_sentinels, not both".into(),
+                ));
+            }
+            if g.redis_master.is_none() {
+                return Err(error(
+                    key_line(text, "greylist", "redis_sentinels"),
+                    "greylist.redis_sentinels needs redis_master (the name the sentinels \
+                     monitor the primary under)"
+                        .into(),
+                ));
+            }
+        } else if g.redis_master.is_some() {
+            return Err(error(
+                key_line(text, "greylist", "redis_master"),
+                "greylist.redis_master is only used with redis_sentinels".into(),
             ));
         }
         if let Some(socket) = &self.control.socket {

@@ -546,9 +546,30 @@ pub struct GreylistConfig {
     /// Database file of the embedded store. Default: `/var/lib/mxsentry/greylist.db`.
     #[serde(deserialize_with = "de::one::<_, de::PathP>")]
     pub path: PathBuf,
-    /// Redis server (`redis://` or `unix://`; no `rediss://`: no TLS in this build). Default: `redis://127.0.0.1:6379/0`.
+    /// Redis server (`redis://`, `rediss://` for TLS, or `unix://`). Default: `redis://127.0.0.1:6379/0`.
     #[serde(deserialize_with = "de::one::<_, de::RedisUrlP>")]
     pub redis_url: String,
+    /// Redis Sentinels (`redis://host:26379[/db]` or `rediss://`) that name the primary for
+    /// `redis_master`; instead of `redis_url`. Failovers are followed without a restart.
+    #[serde(deserialize_with = "de::list::<_, de::RedisSentinelUrlP>")]
+    pub redis_sentinels: Vec<String>,
+    /// Seed nodes of a Redis Cluster (`redis://host:7000`; the others are discovered); instead
+    /// of `redis_url`. A client's keys share one hash slot.
+    #[serde(deserialize_with = "de::list::<_, de::RedisClusterUrlP>")]
+    pub redis_cluster: Vec<String>,
+    /// The name the sentinels monitor the primary under (with `redis_sentinels`).
+    #[serde(deserialize_with = "de::opt::<_, de::NonEmptyP>")]
+    pub redis_master: Option<String>,
+    /// ACL user name for Redis (instead of one in the URL). Default: none.
+    #[serde(deserialize_with = "de::opt::<_, de::NonEmptyP>")]
+    pub redis_username: Option<String>,
+    /// File holding the Redis password (one line), so no secret sits in milter.toml; read at
+    /// start and for every new connection. Default: none.
+    #[serde(deserialize_with = "de::opt::<_, de::PathP>")]
+    pub redis_password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) trusted for `rediss://` instead of the system's. Default: none.
+    #[serde(deserialize_with = "de::opt::<_, de::PathP>")]
+    pub redis_ca_file: Option<PathBuf>,
     /// How often the embedded store commits durably (group commit): what `kill -9` can lose at
     /// most. `"0s"`: every update is durable before the reply goes out. Default: 1s.
     #[serde(deserialize_with = "de::one::<_, de::DurationP>")]
@@ -591,6 +612,12 @@ impl Default for GreylistConfig {
             store: StoreKind::Embedded,
             path: PathBuf::from("/var/lib/mxsentry/greylist.db"),
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_sentinels: Vec::new(),
+            redis_cluster: Vec::new(),
+            redis_master: None,
+            redis_username: None,
+            redis_password_file: None,
+            redis_ca_file: None,
             commit_interval: Duration::from_secs(1),
             max_uncommitted: crate::store::embedded::DEFAULT_MAX_UNCOMMITTED,
             hash_keys: false,

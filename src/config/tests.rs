@@ -503,9 +503,40 @@ fn enums_and_bad_variants() {
     error_at("[greylist]\nredis_url = \"http://x\"\n", 2, "redis://");
     // What `run` refuses, check-config refuses too (the store's own check).
     error_at(
-        "[greylist]\nredis_url = \"rediss://cache:6380/1\"\n",
+        "[greylist]\nredis_url = \"redis-tls://c:6380/1\"\n",
         2,
-        "rediss:// (Redis over TLS) is not supported",
+        "rediss:// (TLS)",
+    );
+    error_at(
+        "[greylist]\nredis_url = \"redis://a:6379\"\nredis_sentinels = [\"redis://s:26379\"]\n\
+         redis_master = \"m\"\n",
+        2,
+        "one of redis_url and redis_sentinels",
+    );
+    error_at(
+        "[greylist]\nredis_sentinels = [\"redis://s:26379\"]\n",
+        2,
+        "needs redis_master",
+    );
+    error_at(
+        "[greylist]\nredis_url = \"redis://a:6379\"\nredis_cluster = [\"redis://n:7000\"]\n",
+        2,
+        "one of redis_url and redis_cluster",
+    );
+    error_at(
+        "[greylist]\nredis_cluster = [\"unix:///run/n.sock\"]\n",
+        2,
+        "over TCP",
+    );
+    error_at(
+        "[greylist]\nredis_master = \"m\"\n",
+        2,
+        "only used with redis_sentinels",
+    );
+    error_at(
+        "[greylist]\nredis_sentinels = [\"unix:///run/s.sock\"]\nredis_master = \"m\"\n",
+        2,
+        "over TCP",
     );
     error_at("[log]\nlevel = \"\"\n", 2, "must not be empty");
 }

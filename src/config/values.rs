@@ -237,8 +237,7 @@ pub fn check_header_name(s: &str) -> Result<(), String> {
     }
 }
 
-/// Checks a Redis URL: `redis://`, `unix://` or `redis+unix://` (no `rediss://`: this build has
-/// no TLS). The same check the store runs when it connects, so `check-config` refuses what
+/// Checks a Redis URL: `redis://`, `rediss://` (TLS), `unix://` or `redis+unix://`. The same check the store runs when it connects, so `check-config` refuses what
 /// `run` would refuse.
 pub fn check_redis_url(s: &str) -> Result<(), String> {
     crate::store::redis::check_url(s)
@@ -440,11 +439,9 @@ mod tests {
         assert!(check_header_name("").is_err());
         assert!(check_redis_url("redis://127.0.0.1:6379/0").is_ok());
         assert!(check_redis_url("redis+unix:///run/redis.sock").is_ok());
-        let tls = check_redis_url("rediss://cache.example:6380").unwrap_err();
-        assert!(
-            tls.contains("rediss:// (Redis over TLS) is not supported"),
-            "{tls}"
-        );
+        assert!(check_redis_url("rediss://cache.example:6380").is_ok());
+        let tls = check_redis_url("redis-tls://cache.example:6380").unwrap_err();
+        assert!(tls.contains("rediss:// (TLS)"), "{tls}");
         assert!(check_redis_url("unix:///run/redis.sock").is_ok());
         assert!(check_redis_url("http://127.0.0.1").is_err());
         assert!(check_redis_url("redis://").is_err());

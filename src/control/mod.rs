@@ -31,6 +31,9 @@ pub fn store_location(g: &GreylistConfig) -> String {
             .unwrap_or_else(|_| g.path.clone())
             .display()
             .to_string(),
+        StoreKind::Redis if !g.redis_sentinels.is_empty() || !g.redis_cluster.is_empty() => {
+            crate::store::redis::RedisSpec::from_config(g).describe()
+        }
         StoreKind::Redis => server::without_password(&g.redis_url),
     }
 }

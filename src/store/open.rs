@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::embedded::{EmbeddedStore, Opened, Options};
-use super::redis::RedisStore;
+use super::redis::{RedisSpec, RedisStore};
 use super::GreylistStore;
 use crate::config::{GreylistConfig, StoreKind};
 
@@ -24,7 +24,7 @@ pub enum OpenFor {
 }
 
 /// Opens the configured store (`greylist.store`): the embedded file at `greylist.path`
-/// (committing every `greylist.commit_interval`) or Redis at `greylist.redis_url`. The error
+/// (committing every `greylist.commit_interval`) or Redis (`greylist.redis_url`, or the primary `greylist.redis_sentinels` name). The error
 /// names the file or server and the reason.
 pub async fn open(
     cfg: &GreylistConfig,
@@ -70,11 +70,14 @@ pub async fn open(
             }
             Arc::new(store)
         }
-        StoreKind::Redis => Arc::new(
-            RedisStore::connect(&cfg.redis_url)
-                .await
-                .map_err(|e| format!("greylist store {}: {e}", cfg.redis_url))?,
-        ),
+        StoreKind::Redis => {
+            let spec = RedisSpec::from_config(cfg);
+            Arc::new(
+                RedisStore::open(&spec)
+                    .await
+                    .map_err(|e| format!("greylist store {}: {e}", spec.describe()))?,
+            )
+        }
     };
     Ok(store)
 }

@@ -4,6 +4,7 @@
 
 pub mod load;
 pub mod redis_server;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};

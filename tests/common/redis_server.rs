@@ -13,6 +13,12 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// More arguments (TLS, `requirepass`, `replicaof`, ...).
+    extra: Vec<String>,
+    /// Sent with `AUTH` before each of the harness's own commands.
+    password: Option<String>,
+    /// A sentinel: its generated configuration file (`redis-server <file> --sentinel`).
+    sentinel_conf: Option<PathBuf>,
 }
 
 fn redis_server_binary() -> PathBuf {
@@ -40,13 +46,87 @@ impl RedisServer {
 
     /// Starts on a given port (e.g. one a daemon was configured with before Redis was up).
     pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::start_custom(port, Vec::new(), None, None)
+    }
+
+    /// Starts with more arguments; `password` is the `requirepass` the harness authenticates with.
+    pub fn start_with(extra: Vec<String>, password: Option<&str>) -> RedisServer {
+        let mut extra = extra;
+        if let Some(p) = password {
+            extra.extend(["--requirepass".to_string(), p.to_string()]);
+        }
+        RedisServer::start_custom(free_port(), extra, password, None)
+    }
+
+    /// A Redis Cluster node (`cluster-enabled yes`, its `nodes.conf` in its directory) on a free
+    /// port whose cluster bus port (port + 10000) is free too.
+    pub fn start_cluster_node(node_timeout_ms: u64) -> RedisServer {
+        let port = loop {
+            let port = free_port();
+            if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                break port;
+            }
+        };
+        let extra = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            &node_timeout_ms.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        RedisServer::start_custom(port, extra, None, None)
+    }
+
+    /// A sentinel monitoring `master_name` at 127.0.0.1:`master_port` with quorum 2, fast
+    /// failure detection (`down_after_ms`) and failover timeout.
+    pub fn start_sentinel(master_name: &str, master_port: u16, down_after_ms: u64) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor {master_name} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {master_name} {down_after_ms}\n\
+                 sentinel failover-timeout {master_name} 5000\n\
+                 sentinel parallel-syncs {master_name} 1\n"
+            ),
+        )
+        .unwrap();
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            extra: Vec::new(),
+            password: None,
+            sentinel_conf: Some(conf),
+        };
+        server.spawn();
+        server
+    }
+
+    fn start_custom(
+        port: u16,
+        extra: Vec<String>,
+        password: Option<&str>,
+        sentinel_conf: Option<PathBuf>,
+    ) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            extra,
+            password: password.map(str::to_string),
+            sentinel_conf,
         };
         server.spawn();
         server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn url(&self) -> String {
@@ -60,7 +140,11 @@ impl RedisServer {
     fn spawn(&mut self) {
         assert!(self.child.is_none());
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
-        let child = Command::new(redis_server_binary())
+        let mut command = Command::new(redis_server_binary());
+        if let Some(conf) = &self.sentinel_conf {
+            command.arg(conf).arg("--sentinel");
+        }
+        let child = command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -69,6 +153,7 @@ impl RedisServer {
             .args(["--dir", &self.dir.path().display().to_string()])
             .args(["--unixsocket", &self.socket().display().to_string()])
             .args(["--unixsocketperm", "700"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -100,6 +185,12 @@ impl RedisServer {
     pub fn raw(&self, args: &[&str]) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        if let Some(p) = &self.password {
+            let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{p}\r\n", p.len());
+            s.write_all(auth.as_bytes()).ok()?;
+            let mut ok = [0u8; 5];
+            s.read_exact(&mut ok).ok()?;
+        }
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
