@@ -1,6 +1,7 @@
 //! Running a configuration for real: what is rewritten to be test-safe, check-config, run.
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,6 +65,27 @@ impl Bed {
         let copy = self.path(&name);
         match self.packaged.get(path) {
             Some(src) => std::fs::copy(src, &copy).map(|_| ()).unwrap(),
+            // A secret file must hold something (an empty one is refused, rightly).
+            None if name.contains("pass") => {
+                std::fs::write(&copy, "snippet-test-secret\n").unwrap();
+                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+            // A CA file must hold a certificate: a throwaway self-signed one (openssl CLI).
+            None if name.ends_with(".pem") || name.ends_with(".crt") => {
+                let key = self.path(&format!("{name}.key"));
+                let ok = std::process::Command::new("openssl")
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    ])
+                    .args(["-subj", "/CN=snippet-test-ca", "-keyout"])
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&copy)
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "openssl could not make a stand-in CA for {path}");
+            }
             None => std::fs::write(&copy, "").unwrap(),
         }
         copy.display().to_string()
