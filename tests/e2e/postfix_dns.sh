@@ -107,7 +107,9 @@ for fam in text_string_to_metric_families(body):          # raises on any malfor
     for s in fam.samples:
         samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
 def get(name, **labels):
-    return samples.get((name, tuple(sorted(labels.items()))), 0)
+    # The sum over the labels not named (mxsentry_recipients_total also has `reason`).
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 checks = {
     "recipients rejected >= 4": get("mxsentry_recipients_total", verdict="reject") >= 4,
     "recipients tempfailed >= 3": get("mxsentry_recipients_total", verdict="tempfail") >= 3,
