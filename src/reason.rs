@@ -260,4 +260,40 @@ mod tests {
         assert_eq!(Reason::DnsblListed.check(), "dnsbl");
         assert_eq!(Reason::DryRun.check(), "dry_run");
     }
+
+    #[test]
+    fn docs_table_lists_every_code_and_no_other() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reasons.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let table = doc
+            .split("\n## Codes\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("a `## Codes` section");
+        let mut documented = Vec::new();
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split(" | ").map(str::trim).collect();
+            let code = cells[0].trim_start_matches("| ").trim_matches('`');
+            let verdict = cells[2];
+            let reason = Reason::ALL
+                .iter()
+                .find(|r| r.as_str() == code)
+                .unwrap_or_else(|| panic!("docs/reasons.md documents unknown code {code}"));
+            let typical = reason.typical_verdicts();
+            if typical.is_empty() {
+                assert_eq!(verdict, "—", "{code}");
+            } else {
+                assert!(
+                    typical.contains(&verdict),
+                    "{code}: {verdict} not in {typical:?}"
+                );
+            }
+            documented.push(code.to_string());
+        }
+        let all: Vec<String> = Reason::ALL.iter().map(|r| r.as_str().to_string()).collect();
+        assert_eq!(
+            documented, all,
+            "docs/reasons.md must list every code, in order"
+        );
+    }
 }

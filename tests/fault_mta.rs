@@ -816,7 +816,7 @@ fn ten_thousand_recipients_in_one_message_are_bounded() {
     );
     d.wait_metric("mxsentry_recipients_over_limit_total", 9000.0);
     d.wait_metric(
-        "mxsentry_recipients_total{verdict=\"tempfail\",reason=\"limits.too_many_recipients\"}",
+        "mxsentry_recipients_total{reason=\"limits.too_many_recipients\",verdict=\"tempfail\"}",
         9000.0,
     );
     // The next message on the same connection starts from zero.

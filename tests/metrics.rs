@@ -94,11 +94,11 @@ fn counters_follow_real_sessions() {
             .unwrap_or_else(|| panic!("{k} missing:\n{body}"))
     };
     assert_eq!(
-        get("mxsentry_recipients_total{verdict=\"reject\",reason=\"sender_rules.reject\"}"),
+        get("mxsentry_recipients_total{reason=\"sender_rules.reject\",verdict=\"reject\"}"),
         2.0
     );
     assert_eq!(
-        get("mxsentry_recipients_total{verdict=\"accept\",reason=\"none\"}"),
+        get("mxsentry_recipients_total{reason=\"none\",verdict=\"accept\"}"),
         1.0
     );
     assert_eq!(get("mxsentry_messages_total{verdict=\"accept\"}"), 1.0);
