@@ -124,7 +124,6 @@ pub fn json_body(line: &DecisionLine<'_>) -> String {
 pub fn evidence_json(f: &Finding, rcpt: &str) -> String {
     use serde_json::{json, Map, Value};
     let mut o = Map::new();
-    o.insert("code".into(), f.reason().as_str().into());
     match &f.evidence {
         Evidence::None => {}
         Evidence::Zone {
@@ -135,7 +134,11 @@ pub fn evidence_json(f: &Finding, rcpt: &str) -> String {
             error,
         } => {
             o.insert("zone".into(), zone.as_str().into());
-            o.insert("query".into(), query.as_str().into());
+            // An IP zone's query is the reversed client address + the zone: left out (up to
+            // 73 characters per zone for IPv6). A domain zone's names the domain asked.
+            if f.check == "rhsbl" {
+                o.insert("query".into(), query.as_str().into());
+            }
             if !answers.is_empty() {
                 let a: Vec<String> = answers.iter().map(|a| a.to_string()).collect();
                 o.insert("answers".into(), a.into());
@@ -177,7 +180,13 @@ pub fn evidence_json(f: &Finding, rcpt: &str) -> String {
             }
         }
     }
-    Value::Object(o).to_string()
+    // The code first, for a reader (serde_json sorts the other keys).
+    let code = quoted(f.reason().as_str());
+    if o.is_empty() {
+        return format!("{{\"code\":{code}}}");
+    }
+    let rest = Value::Object(o).to_string();
+    format!("{{\"code\":{code},{}", &rest[1..])
 }
 
 /// Installs the global subscriber: `RUST_LOG` wins over the config's level.

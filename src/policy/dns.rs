@@ -81,7 +81,13 @@ impl Policy {
         // Optional: the HELO name must resolve (only asked when its syntax passed).
         if let Some(res) = r.helo_resolve {
             match res {
-                helo::HeloResolve::Resolves => {}
+                // Kept as evidence (a replay need not look it up again); not notable.
+                helo::HeloResolve::Resolves => findings.push(Finding {
+                    check: "helo",
+                    outcome: "resolves".into(),
+                    detail: format!("HELO {} resolves", env.helo),
+                    ..Default::default()
+                }),
                 helo::HeloResolve::NxDomain => {
                     findings.push(Finding {
                         check: "helo",
