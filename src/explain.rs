@@ -115,7 +115,7 @@ impl Explanation {
                 let _ = writeln!(out, "  (no findings)");
             }
             for f in &d.findings {
-                let _ = writeln!(out, "  {:<13} {:<14} {}", f.check, f.outcome, f.detail);
+                let _ = writeln!(out, "  {:<26} {}", f.reason().as_str(), f.detail);
             }
             if d.greylist {
                 let _ = writeln!(out, "  -> selected for greylisting");
@@ -129,9 +129,22 @@ impl Explanation {
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "250 (the MTA's own reply)".into());
             let _ = writeln!(out, "  verdict: {}  reply: {}", d.verdict.name(), reply);
+            let cause = if d.cause.is_empty() || d.would.is_some() {
+                String::new()
+            } else {
+                format!(" ({})", d.cause)
+            };
+            let _ = writeln!(out, "  reason: {}{cause}", d.enforced_reason());
             if let Some(w) = &d.would {
                 let reply = w.reply().map(|r| r.to_string()).unwrap_or_default();
-                let _ = writeln!(out, "  dry-run: would {} {}", w.name(), reply);
+                let _ = writeln!(
+                    out,
+                    "  dry-run: would {} {} (reason: {} ({}))",
+                    w.name(),
+                    reply,
+                    d.reason,
+                    d.cause
+                );
             }
         }
         out
@@ -148,10 +161,14 @@ impl Explanation {
                     "rcpt": rcpt,
                     "verdict": d.verdict.name(),
                     "reply": d.verdict.reply().map(|r| r.to_string()),
+                    "reason": d.enforced_reason().as_str(),
                     "would": d.would.as_ref().map(|w| w.name()),
+                    "would_reason": d.would.as_ref().map(|_| d.reason.as_str()),
+                    "cause": d.cause,
                     "greylist": d.greylist,
                     "tags": d.tags,
                     "findings": d.findings.iter().map(|f| json!({
+                        "code": f.reason().as_str(),
                         "check": f.check,
                         "outcome": f.outcome,
                         "detail": f.detail,

@@ -24,6 +24,7 @@ pub mod manpage;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;
+pub mod reason;
 pub mod server;
 pub mod session;
 pub mod shadow;

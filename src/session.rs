@@ -21,6 +21,7 @@ use crate::protocol::command::{ClientAddress, Command, MacroPairs};
 use crate::protocol::flags;
 use crate::protocol::negotiate::{negotiate, Negotiated};
 use crate::protocol::reply::{encode_reply, smtp_reply_text, Reply};
+use crate::reason::Reason;
 use crate::shadow::{ShadowSession, ShadowVerdict};
 
 /// Source of the current policy; sessions take a snapshot at each CONNECT so a reload never
@@ -122,8 +123,14 @@ struct Message {
     /// RCPT commands beyond `max_recipients`, answered without checks.
     over_limit: usize,
     accepted: Vec<String>,
-    /// A verdict that covers the whole message (trusted client, OK rule).
-    whole_message: Option<Verdict>,
+    /// A verdict that covers the whole message (trusted client, OK rule), and its reason.
+    whole_message: Option<(Verdict, Reason)>,
+    /// The distinct reason codes of the accepted recipients (for the end-of-message line).
+    reasons: Vec<Reason>,
+    /// Dry-run: the first would-be verdict and its reason (for the end-of-message line).
+    would: Option<(&'static str, Reason)>,
+    /// JSON log only: the findings' evidence objects, once each.
+    evidence: Vec<String>,
     /// Dry-run notes for the tag header, e.g. `would-reject sender_rules=...`.
     tags: Vec<String>,
     findings: Vec<String>,
@@ -133,6 +140,15 @@ struct Message {
     delay_ms: u64,
     /// The `[shadow]` candidate's most severe verdict for the accepted recipients.
     shadow: Option<ShadowVerdict>,
+    /// The MTA said the client authenticated.
+    authenticated: bool,
+}
+
+/// What a decision line carries beside the verdict: the findings' evidence (JSON lines) and
+/// the `[shadow]` candidate's verdict.
+struct Beside<'a> {
+    evidence: &'a [String],
+    shadow: Option<&'a ShadowVerdict>,
 }
 
 /// One MTA connection's milter session.
@@ -349,16 +365,16 @@ impl Session {
         }
         let m = metrics();
         m.recipient_over_limit();
-        if let Some(whole) = &self.message.whole_message {
-            m.recipient_verdict(whole.name());
+        if let Some((whole, reason)) = &self.message.whole_message {
+            m.recipient_verdict(whole.name(), *reason);
             return verdict_reply(whole);
         }
         if self.policy.dry_run() {
-            m.recipient_verdict("accept");
-            m.dry_run_verdict("tempfail");
+            m.recipient_verdict("accept", Reason::DryRun);
+            m.dry_run_verdict("tempfail", Reason::TooManyRecipients);
             return Reply::Continue;
         }
-        m.recipient_verdict("tempfail");
+        m.recipient_verdict("tempfail", Reason::TooManyRecipients);
         self.note_verdict("tempfail");
         Reply::ReplyCode {
             text: Bytes::from_static(TOO_MANY_RECIPIENTS.as_bytes()),
@@ -366,7 +382,7 @@ impl Session {
     }
 
     async fn decide_recipient(&mut self, rcpt: String) -> Reply {
-        if let Some(whole) = &self.message.whole_message {
+        if let Some((whole, _)) = &self.message.whole_message {
             // Trusted client or OK rule: the message is already decided.
             let reply = verdict_reply(whole);
             self.message.accepted.push(rcpt);
@@ -399,7 +415,7 @@ impl Session {
             .shadow
             .decide(&policy, &env, self.lookups.as_mut(), &decision.verdict)
             .await;
-        self.record(&decision, rcpt, shadow)
+        self.record(&decision, rcpt, authenticated, shadow)
     }
 
     /// Logs a refusal now (the recipient never becomes part of a message); remembers an
@@ -408,13 +424,25 @@ impl Session {
         &mut self,
         decision: &Decision,
         rcpt: String,
+        authenticated: bool,
         shadow: Option<ShadowVerdict>,
     ) -> Reply {
         let m = metrics();
-        m.recipient_verdict(decision.verdict.name());
+        let reason = decision.enforced_reason();
+        m.recipient_verdict(decision.verdict.name(), reason);
         m.decision_duration(self.started.elapsed().as_secs_f64());
         if let Some(would) = &decision.would {
-            m.dry_run_verdict(would.name());
+            m.dry_run_verdict(would.name(), decision.reason);
+        }
+        self.message.authenticated |= authenticated;
+        let mut evidence = Vec::new();
+        if decision_log::is_json() {
+            for f in &decision.findings {
+                let e = decision_log::evidence_json(f, &rcpt);
+                if !evidence.contains(&e) {
+                    evidence.push(e);
+                }
+            }
         }
         for f in &decision.findings {
             m.finding(f.check, &f.outcome);
@@ -437,14 +465,18 @@ impl Session {
             | Verdict::Discard
             | Verdict::Accept => {
                 if matches!(decision.verdict, Verdict::Accept | Verdict::Discard) {
-                    self.message.whole_message = Some(decision.verdict.clone());
+                    self.message.whole_message = Some((decision.verdict.clone(), reason));
                 }
                 self.log_line(
                     decision.verdict.name(),
+                    reason.as_str(),
                     decision.verdict.reply().map(|r| r.to_string()),
                     &rcpt,
                     &notable.join(","),
-                    shadow.as_ref(),
+                    Beside {
+                        evidence: &evidence,
+                        shadow: shadow.as_ref(),
+                    },
                 );
                 return reply;
             }
@@ -469,8 +501,24 @@ impl Session {
                 self.message.tags.push(t.clone());
             }
         }
+        for e in evidence {
+            if !self.message.evidence.contains(&e) {
+                self.message.evidence.push(e);
+            }
+        }
+        if !self.message.reasons.contains(&reason) {
+            self.message.reasons.push(reason);
+        }
         if let Some(would) = &decision.would {
-            let tag = format!("would-{} {}", would.name(), decision.cause);
+            self.message
+                .would
+                .get_or_insert((would.name(), decision.reason));
+            let tag = format!(
+                "would-{} {} reason={}",
+                would.name(),
+                decision.cause,
+                decision.reason
+            );
             if !self.message.tags.contains(&tag) {
                 self.message.tags.push(tag);
             }
@@ -503,7 +551,7 @@ impl Session {
 
     /// Adds the dry-run tag header if any, logs the accepted message and gives the final reply.
     fn end_of_message(&mut self, out: &mut BytesMut) -> Reply {
-        if self.message.whole_message == Some(Verdict::Discard) {
+        if matches!(self.message.whole_message, Some((Verdict::Discard, _))) {
             metrics().message_verdict("discard");
             return Reply::Discard; // already logged at RCPT
         }
@@ -541,12 +589,25 @@ impl Session {
             ));
         }
         let findings = self.message.findings.join(",");
+        let reasons: Vec<&str> = self.message.reasons.iter().map(|r| r.as_str()).collect();
+        let reasons = if reasons.is_empty() {
+            // Every recipient came in under a message-wide accept (logged at its RCPT).
+            Reason::None.as_str().to_string()
+        } else {
+            reasons.join(",")
+        };
+        let evidence = std::mem::take(&mut self.message.evidence);
+        let shadow = self.message.shadow.clone();
         self.log_line(
             "accept",
+            &reasons,
             None,
             &rcpts,
             &findings,
-            self.message.shadow.as_ref(),
+            Beside {
+                evidence: &evidence,
+                shadow: shadow.as_ref(),
+            },
         );
         Reply::Accept
     }
@@ -554,24 +615,32 @@ impl Session {
     fn log_line(
         &self,
         verdict: &str,
+        reason: &str,
         reply: Option<String>,
         rcpt: &str,
         findings: &str,
-        shadow: Option<&ShadowVerdict>,
+        beside: Beside<'_>,
     ) {
+        let Beside { evidence, shadow } = beside;
         let queue_id = self.macros.get("i").map(lossy);
+        let would = self.message.would.map(|(v, r)| (v, r.as_str()));
         decision_log::emit(&DecisionLine {
             queue_id: queue_id.as_deref().unwrap_or("-"),
             client_ip: &self
                 .client_ip
                 .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
             client_name: &self.client_name,
+            client_verified: crate::policy::is_verified_name(&self.client_name),
             helo: &self.helo,
             from: self.message.sender.as_deref().unwrap_or(""),
             rcpt,
+            authenticated: self.message.authenticated,
             verdict,
+            reason,
+            would,
             reply: reply.as_deref().unwrap_or(""),
             findings,
+            evidence,
             delay_ms: self.message.delay_ms,
             shadow,
         });

@@ -87,12 +87,12 @@ fn broken_zones_never_reject_a_clean_client_and_a_healthy_zone_still_rejects() {
     let log = d.wait_log("from=<clean@sender.test>");
     assert!(
         log.contains(
-            "dnsbl:untrusted(wild.test: 10.2.0.192.wild.test -> 127.0.0.2 (weight 1); zone \
+            "dnsbl.untrusted(wild.test: 10.2.0.192.wild.test -> 127.0.0.2 (weight 1); zone \
              wild.test unhealthy: 127.0.0.1 listed -> its listing is log-only)"
         ),
         "{log}"
     );
-    assert!(log.contains("dnsbl:refused(refused.test: 10.2.0.192.refused.test -> 127.255.255.254"));
+    assert!(log.contains("dnsbl.refused(refused.test: 10.2.0.192.refused.test -> 127.255.255.254"));
 
     assert_eq!(
         reply_text(&session(&d, "192.0.2.100", "listed@sender.test")),
@@ -166,7 +166,7 @@ fn a_zone_going_bad_is_ignored_after_the_next_probe_and_trusted_again_once_fixed
         Reply::Continue
     );
     let log = d.wait_log("from=<during@sender.test>");
-    assert!(log.contains("dnsbl:untrusted(flip.test: "), "{log}");
+    assert!(log.contains("dnsbl.untrusted(flip.test: "), "{log}");
 
     // Fixed: trusted again after a passed probe.
     d.dns.set_zone(&good);

@@ -818,7 +818,10 @@ fn ten_thousand_recipients_in_one_message_are_bounded() {
         "one warning"
     );
     d.wait_metric("mxsentry_recipients_over_limit_total", 9000.0);
-    d.wait_metric("mxsentry_recipients_total{verdict=\"tempfail\"}", 9000.0);
+    d.wait_metric(
+        "mxsentry_recipients_total{reason=\"limits.too_many_recipients\",verdict=\"tempfail\"}",
+        9000.0,
+    );
     // The next message on the same connection starts from zero.
     c.mail("b@fine.example");
     assert_eq!(c.rcpt("v@example.org"), Some(Reply::Continue));

@@ -49,7 +49,7 @@ fn greylist_lifecycle_and_persistence() {
     let (r, eom) = transaction(&d, "news@sender.example", "u@example.org");
     assert_eq!(r, Reply::Continue);
     assert_eq!(eom, vec![Reply::Accept]);
-    d.wait_log("greylist:new");
+    d.wait_log("greylist.new");
 
     // SIGTERM flushes the store; the autowhitelisted triplet is still known after a restart
     d.restart();

@@ -106,7 +106,7 @@ fn one(d: &Daemon, ip: &str, from: &str, rcpt: &str) -> String {
 
 fn skipped_client(file: &Path, line: u32, entry: &str, who: &str) -> String {
     format!(
-        "greylist:allowed(greylisting skipped: client {who} in allow list {}:{line} ({entry}))",
+        "greylist.allowed(greylisting skipped: client {who} in allow list {}:{line} ({entry}))",
         file.display()
     )
 }
@@ -276,7 +276,7 @@ fn other_checks_still_refuse_a_listed_client() {
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains(&format!(
-            "greylist      allowed        greylisting skipped: client 192.0.2.30 \
+            "greylist.allowed           greylisting skipped: client 192.0.2.30 \
              (mta1.provider.test) in allow list {}:6 (provider.test)",
             s.file("clients").display()
         )),

@@ -55,7 +55,7 @@ fn two_mx_hosts_share_one_view_and_fail_open() {
         "no hang: {:?}",
         t0.elapsed()
     );
-    let log = mx1.wait_log("greylist:error");
+    let log = mx1.wait_log("greylist.store_error");
     assert!(log.contains("greylist store failed: accepting"), "{log}");
     let (_, body) = mx1.http_get("/metrics");
     assert!(

@@ -93,8 +93,14 @@ fn counters_follow_real_sessions() {
             .copied()
             .unwrap_or_else(|| panic!("{k} missing:\n{body}"))
     };
-    assert_eq!(get("mxsentry_recipients_total{verdict=\"reject\"}"), 2.0);
-    assert_eq!(get("mxsentry_recipients_total{verdict=\"accept\"}"), 1.0);
+    assert_eq!(
+        get("mxsentry_recipients_total{reason=\"sender_rules.reject\",verdict=\"reject\"}"),
+        2.0
+    );
+    assert_eq!(
+        get("mxsentry_recipients_total{reason=\"none\",verdict=\"accept\"}"),
+        1.0
+    );
     assert_eq!(get("mxsentry_messages_total{verdict=\"accept\"}"), 1.0);
     assert_eq!(get("mxsentry_sessions_total{verdict=\"reject\"}"), 2.0);
     assert_eq!(get("mxsentry_sessions_total{verdict=\"accept\"}"), 1.0);

@@ -265,6 +265,7 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .map(|n| format!("PTR {ip} -> {n}"))
             .collect(),
+        answers: Default::default(),
     };
 
     let zone_result = |zone: &str, kind: ZoneKind, listed: bool| ZoneResult {

@@ -26,7 +26,7 @@ pub mod board;
 pub mod health;
 pub mod probe;
 
-use crate::checks::Finding;
+use crate::checks::{Evidence, Finding, MAX_EVIDENCE_ANSWERS};
 use crate::config::{DnsblZone, TempFailureAction};
 use crate::dns::{reversed_ip, Dns, DnsError};
 
@@ -39,6 +39,8 @@ pub const DEFAULT_DOMAIN_MESSAGE: &str =
 pub const MAX_TXT_IN_REPLY: usize = 200;
 /// Longest TXT text kept as evidence (characters).
 const MAX_TXT_KEPT: usize = 512;
+/// Longest TXT text (and error text) kept in a finding's evidence for the decision log.
+pub const MAX_TXT_EVIDENCE: usize = 255;
 /// Longest DNS name (RFC 1035, without the trailing dot).
 const MAX_QUERY_NAME: usize = 253;
 
@@ -225,12 +227,37 @@ impl ZoneResult {
                     "{detail}; zone {} unhealthy: {reason} -> its listing is log-only",
                     self.zone
                 ),
+                evidence: self.evidence(),
             }],
             _ => vec![Finding {
                 check: self.kind.check_name(),
                 outcome: self.outcome.as_str().into(),
                 detail,
+                evidence: self.evidence(),
             }],
+        }
+    }
+}
+
+impl ZoneResult {
+    /// The answers behind this result, bounded ([`MAX_EVIDENCE_ANSWERS`] A records, TXT cut
+    /// to [`MAX_TXT_EVIDENCE`] characters).
+    fn evidence(&self) -> Evidence {
+        let error = match &self.outcome {
+            ZoneOutcome::Error(e) => Some(sanitize(&e.to_string(), MAX_TXT_EVIDENCE)),
+            _ => None,
+        };
+        Evidence::Zone {
+            zone: self.zone.clone(),
+            query: self.query.clone(),
+            answers: self
+                .answers
+                .iter()
+                .take(MAX_EVIDENCE_ANSWERS)
+                .copied()
+                .collect(),
+            txt: self.txt().map(|t| sanitize(t, MAX_TXT_EVIDENCE)),
+            error,
         }
     }
 }

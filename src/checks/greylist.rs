@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::checks::Finding;
+use crate::checks::{Evidence, Finding};
 use crate::config::GreylistConfig;
 use crate::store::{Entry, GreylistStore, Instrumented, Op, Write};
 
@@ -256,10 +256,18 @@ impl GreylistResult {
                 format!("store failed, accepting (fail open): {e}")
             }
         };
+        let seconds = match self.outcome {
+            GreylistOutcome::New { retry_in } | GreylistOutcome::TooEarly { retry_in } => {
+                Some(retry_in)
+            }
+            GreylistOutcome::Passed { waited } => Some(waited),
+            _ => None,
+        };
         Finding {
             check: "greylist",
             outcome: self.outcome.as_str().to_owned(),
             detail,
+            evidence: Evidence::Greylist { seconds },
         }
     }
 }

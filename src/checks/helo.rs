@@ -296,6 +296,7 @@ impl HeloResult {
                 check: "helo",
                 outcome: p.as_str().into(),
                 detail: format!("HELO {shown}: {}", p.describe()),
+                ..Default::default()
             });
         }
         match &self.resolve {
@@ -303,11 +304,13 @@ impl HeloResult {
                 check: "helo",
                 outcome: "unresolvable".into(),
                 detail: format!("HELO {shown}: no A/AAAA record (NXDOMAIN or NODATA)"),
+                ..Default::default()
             }),
             Some(HeloResolve::Temp(e)) => out.push(Finding {
                 check: "helo",
                 outcome: "temp".into(),
                 detail: format!("HELO {shown}: A/AAAA lookup failed temporarily: {e}"),
+                ..Default::default()
             }),
             Some(HeloResolve::Resolves) | None => {}
         }
@@ -321,6 +324,7 @@ impl HeloResult {
                 check: "helo",
                 outcome: "ok".into(),
                 detail: format!("HELO {shown}{how}"),
+                ..Default::default()
             });
         }
         out

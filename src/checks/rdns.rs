@@ -29,7 +29,7 @@ use std::net::IpAddr;
 use regex::{Regex, RegexBuilder};
 
 use crate::checks::dnsbl::join_all;
-use crate::checks::Finding;
+use crate::checks::{Evidence, Finding, MAX_EVIDENCE_ANSWERS};
 use crate::config::RdnsConfig;
 use crate::dns::Dns;
 
@@ -91,6 +91,30 @@ pub struct RdnsResult {
     pub dynamic: Option<String>,
     /// The DNS answers behind the outcome, one line each (`PTR 192.0.2.1 -> a.example`).
     pub evidence: Vec<String>,
+    /// The same answers, structured (for the JSON decision line).
+    pub answers: RdnsEvidence,
+}
+
+/// The DNS answers of an rDNS result, structured and bounded (see [`crate::checks::Evidence`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RdnsEvidence {
+    /// PTR names (at most [`MAX_EVIDENCE_ANSWERS`]).
+    pub ptr: Vec<String>,
+    /// Each checked PTR name's forward lookup: its addresses (at most
+    /// [`MAX_EVIDENCE_ANSWERS`]) or the error.
+    pub forward: Vec<ForwardAnswer>,
+    /// The PTR lookup's error (NXDOMAIN, SERVFAIL, timeout, ...).
+    pub error: Option<String>,
+    /// The MTA verified the name (`[rdns] trust_mta`): nothing was looked up.
+    pub by_mta: bool,
+}
+
+/// One PTR name's forward (A/AAAA) lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAnswer {
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+    pub error: Option<String>,
 }
 
 impl RdnsResult {
@@ -129,12 +153,14 @@ impl RdnsResult {
             check: "rdns",
             outcome: self.outcome.as_str().into(),
             detail,
+            evidence: Evidence::Rdns(Box::new(self.answers.clone())),
         }];
         if let (Some(why), Some(name)) = (&self.dynamic, self.judged_name()) {
             out.push(Finding {
                 check: "rdns",
                 outcome: "dynamic".into(),
                 detail: format!("{name} looks dynamic ({why})"),
+                evidence: Evidence::None,
             });
         }
         out
@@ -151,11 +177,13 @@ pub async fn lookup(dns: &Dns, ip: IpAddr, dynamic: &DynamicPatterns) -> RdnsRes
         verified_name: None,
         dynamic: None,
         evidence: Vec::new(),
+        answers: RdnsEvidence::default(),
     };
     let names = match dns.ptr(ip).await {
         Ok(names) => names,
         Err(e) => {
             result.evidence.push(format!("PTR {ip} -> {e}"));
+            result.answers.error = Some(e.to_string());
             result.outcome = if e.is_negative() {
                 RdnsOutcome::NoPtr
             } else {
@@ -170,6 +198,12 @@ pub async fn lookup(dns: &Dns, ip: IpAddr, dynamic: &DynamicPatterns) -> RdnsRes
             result.ptr_names.push(name);
         }
     }
+    result.answers.ptr = result
+        .ptr_names
+        .iter()
+        .take(MAX_EVIDENCE_ANSWERS)
+        .cloned()
+        .collect();
     if result.ptr_names.is_empty() {
         result.evidence.push(format!("PTR {ip} -> no names"));
         result.outcome = RdnsOutcome::NoPtr;
@@ -193,6 +227,13 @@ pub async fn lookup(dns: &Dns, ip: IpAddr, dynamic: &DynamicPatterns) -> RdnsRes
         match answer {
             Ok(addrs) => {
                 let list: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+                if result.answers.forward.len() < MAX_EVIDENCE_ANSWERS {
+                    result.answers.forward.push(ForwardAnswer {
+                        name: name.clone(),
+                        addrs: addrs.iter().take(MAX_EVIDENCE_ANSWERS).copied().collect(),
+                        error: None,
+                    });
+                }
                 result
                     .evidence
                     .push(format!("A/AAAA {name} -> {}", list.join(",")));
@@ -202,6 +243,13 @@ pub async fn lookup(dns: &Dns, ip: IpAddr, dynamic: &DynamicPatterns) -> RdnsRes
             }
             Err(e) => {
                 result.evidence.push(format!("A/AAAA {name} -> {e}"));
+                if result.answers.forward.len() < MAX_EVIDENCE_ANSWERS {
+                    result.answers.forward.push(ForwardAnswer {
+                        name: name.clone(),
+                        addrs: Vec::new(),
+                        error: Some(e.to_string()),
+                    });
+                }
                 temp_failure |= e.is_temporary();
             }
         }

@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use super::rdns::{DynamicPatterns, RdnsOutcome, RdnsResult};
+use super::rdns::{DynamicPatterns, RdnsEvidence, RdnsOutcome, RdnsResult};
 
 /// The CONNECT macros that carry the MTA's verification (values as sent, if sent).
 #[derive(Debug, Default, Clone, Copy)]
@@ -72,6 +72,11 @@ pub fn result_from_mta(ip: IpAddr, verified: MtaVerified, dynamic: &DynamicPatte
             verified.by
         )],
         ptr_names: vec![verified.name.clone()],
+        answers: RdnsEvidence {
+            ptr: vec![verified.name.clone()],
+            by_mta: true,
+            ..Default::default()
+        },
         verified_name: Some(verified.name),
         dynamic: dynamic_why,
     }

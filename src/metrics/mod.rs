@@ -10,7 +10,7 @@
 //! the process-wide instance returned by [`metrics()`], and a call site is one line:
 //!
 //! ```
-//! mxsentry::metrics::metrics().recipient_verdict("reject");
+//! mxsentry::metrics::metrics().recipient_verdict("reject", mxsentry::reason::Reason::DnsblListed);
 //! ```
 //!
 //! Tests that need isolated numbers build their own [`Metrics::new()`]; code that wants to be
@@ -47,6 +47,7 @@ use std::collections::HashSet;
 use std::sync::{OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::reason::Reason;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -187,6 +188,41 @@ impl<T: Clone, const N: usize> Fixed<T, N> {
     }
 }
 
+/// A counter per verdict ([`VERDICTS`], then `other`) and reason code ([`Reason::ALL`]):
+/// at most 6 × the number of codes series, whatever the traffic (codes never hold a zone or an
+/// address). Each child is resolved on first use, then recorded lock-free; the verdicts each
+/// code typically gives ([`Reason::typical_verdicts`]) exist at 0 from the start, so `rate()`
+/// and alerts see their first increment.
+struct ByReason {
+    vec: IntCounterVec,
+    children: Vec<OnceLock<IntCounter>>,
+}
+
+impl ByReason {
+    fn new(vec: IntCounterVec) -> Self {
+        let children = (0..(VERDICTS.len() + 1) * Reason::ALL.len())
+            .map(|_| OnceLock::new())
+            .collect();
+        let by = ByReason { vec, children };
+        for &reason in Reason::ALL {
+            for verdict in reason.typical_verdicts() {
+                by.get(verdict, reason);
+            }
+        }
+        by
+    }
+
+    fn get(&self, verdict: &str, reason: Reason) -> &IntCounter {
+        let v = VERDICTS
+            .iter()
+            .position(|n| *n == verdict)
+            .unwrap_or(VERDICTS.len());
+        let label = VERDICTS.get(v).copied().unwrap_or(OTHER);
+        self.children[v * Reason::ALL.len() + reason.index()]
+            .get_or_init(|| self.vec.with_label_values(&[label, reason.as_str()]))
+    }
+}
+
 /// Admits at most [`MAX_DYNAMIC_VALUES`] distinct values of a free-form label.
 #[derive(Default)]
 struct Admitted {
@@ -265,8 +301,8 @@ pub struct Metrics {
 
     sessions: Fixed<IntCounter, 5>,
     messages: Fixed<IntCounter, 5>,
-    recipients: Fixed<IntCounter, 5>,
-    dry_run: Fixed<IntCounter, 5>,
+    recipients: ByReason,
+    dry_run: ByReason,
 
     findings: IntCounterVec,
     finding_outcomes: Admitted,
@@ -342,8 +378,9 @@ impl Metrics {
         let recipients = counter_vec(
             r,
             "mxsentry_recipients_total",
-            "Recipients (RCPT commands), by the verdict given to each.",
-            &["verdict"],
+            "Recipients (RCPT commands), by the verdict given to each and its reason code \
+             (docs/reasons.md).",
+            &["verdict", "reason"],
         );
         let shadow_verdicts = counter_vec(
             r,
@@ -355,8 +392,9 @@ impl Metrics {
         let dry_run = counter_vec(
             r,
             "mxsentry_dry_run_verdicts_total",
-            "Verdicts that mode = \"dry-run\" logged and tagged instead of enforcing.",
-            &["verdict"],
+            "Verdicts that mode = \"dry-run\" logged and tagged instead of enforcing, by \
+             verdict and reason code (docs/reasons.md).",
+            &["verdict", "reason"],
         );
         let findings = counter_vec(
             r,
@@ -548,8 +586,8 @@ impl Metrics {
         Metrics {
             sessions: Fixed::new(&VERDICTS, |v| sessions.with_label_values(&[v])),
             messages: Fixed::new(&VERDICTS, |v| messages.with_label_values(&[v])),
-            recipients: Fixed::new(&VERDICTS, |v| recipients.with_label_values(&[v])),
-            dry_run: Fixed::new(&VERDICTS, |v| dry_run.with_label_values(&[v])),
+            recipients: ByReason::new(recipients),
+            dry_run: ByReason::new(dry_run),
             findings,
             finding_outcomes: Admitted::default(),
             dnsbl_results,
@@ -617,15 +655,16 @@ impl Metrics {
         self.messages.get(verdict_word(verdict)).inc();
     }
 
-    /// One RCPT answered. Use `greylist` (not `tempfail`) when greylisting gave the 4xx.
-    pub fn recipient_verdict(&self, verdict: &str) {
-        self.recipients.get(verdict_word(verdict)).inc();
+    /// One RCPT answered, and the code of what decided it (`dry_run` when dry-run mode let a
+    /// blocking verdict through). Use `greylist` (not `tempfail`) when greylisting gave the 4xx.
+    pub fn recipient_verdict(&self, verdict: &str, reason: Reason) {
+        self.recipients.get(verdict_word(verdict), reason).inc();
     }
 
-    /// In dry-run mode, the verdict that would have been enforced (counted in addition to the
-    /// `accept` actually given).
-    pub fn dry_run_verdict(&self, verdict: &str) {
-        self.dry_run.get(verdict_word(verdict)).inc();
+    /// In dry-run mode, the verdict that would have been enforced and its reason (counted in
+    /// addition to the `accept` actually given).
+    pub fn dry_run_verdict(&self, verdict: &str, reason: Reason) {
+        self.dry_run.get(verdict_word(verdict), reason).inc();
     }
 
     /// One recipient decided by the live policy (`live`, what the MTA was told) and by the

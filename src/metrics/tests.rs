@@ -302,10 +302,24 @@ fn fresh_render_parses_and_has_every_family() {
     let (samples, types) = parse_exposition(&m.render());
     assert_families(&types, false);
     // Fixed label sets are present at zero from the start.
+    // Every reason code's typical verdicts, which cover every verdict; never a code outside
+    // the table (the label stays bounded).
+    for r in Reason::ALL {
+        for v in r.typical_verdicts() {
+            let labels = [("verdict", *v), ("reason", r.as_str())];
+            assert_eq!(samples[&key("mxsentry_recipients_total", &labels)], 0.0);
+            assert_eq!(
+                samples[&key("mxsentry_dry_run_verdicts_total", &labels)],
+                0.0
+            );
+        }
+    }
     for v in VERDICTS {
-        assert_eq!(
-            samples[&key("mxsentry_recipients_total", &[("verdict", v)])],
-            0.0
+        assert!(
+            Reason::ALL
+                .iter()
+                .any(|r| r.typical_verdicts().contains(&v)),
+            "{v}"
         );
     }
     for r in PROTOCOL_ERRORS {
@@ -337,9 +351,9 @@ fn counters_move() {
     m.session_verdict("reject");
     m.message_verdict("accept");
     m.message_verdict("continue");
-    m.recipient_verdict("greylist");
-    m.recipient_verdict("greylist");
-    m.dry_run_verdict("reject");
+    m.recipient_verdict("greylist", Reason::GreylistNew);
+    m.recipient_verdict("greylist", Reason::GreylistNew);
+    m.dry_run_verdict("reject", Reason::DnsblListed);
     m.finding("helo", "unqualified");
     m.finding("rdns", "no_ptr");
     m.finding("rdns", "no_ptr");
@@ -411,15 +425,24 @@ fn counters_move() {
     assert_eq!(at("mxsentry_recipients_over_limit_total", &[]), 1.0);
     assert_eq!(at("mxsentry_messages_total", &[("verdict", "accept")]), 2.0);
     assert_eq!(
-        at("mxsentry_recipients_total", &[("verdict", "greylist")]),
+        at(
+            "mxsentry_recipients_total",
+            &[("verdict", "greylist"), ("reason", "greylist.new")]
+        ),
         2.0
     );
     assert_eq!(
-        at("mxsentry_recipients_total", &[("verdict", "reject")]),
+        at(
+            "mxsentry_recipients_total",
+            &[("verdict", "reject"), ("reason", "dnsbl.listed")]
+        ),
         0.0
     );
     assert_eq!(
-        at("mxsentry_dry_run_verdicts_total", &[("verdict", "reject")]),
+        at(
+            "mxsentry_dry_run_verdicts_total",
+            &[("verdict", "reject"), ("reason", "dnsbl.listed")]
+        ),
         1.0
     );
     assert_eq!(
@@ -593,7 +616,7 @@ fn connection_guard_closes_on_drop() {
 fn label_values_stay_bounded() {
     let m = Metrics::new();
     // Values a wiring mistake could pass: addresses, names, reply texts, odd words.
-    m.recipient_verdict("550 5.7.1 Access denied");
+    m.recipient_verdict("550 5.7.1 Access denied", Reason::None);
     m.finding("192.0.2.1", "listed");
     m.finding("helo", "mail.example.com");
     m.finding("sender_rules", "REJECT");
@@ -607,7 +630,10 @@ fn label_values_stay_bounded() {
     m.greylist_op("redis", "evil op!", 0.1, true);
     let (s, _) = parse_exposition(&m.render());
     assert_eq!(
-        s[&key("mxsentry_recipients_total", &[("verdict", "other")])],
+        s[&key(
+            "mxsentry_recipients_total",
+            &[("verdict", "other"), ("reason", "none")]
+        )],
         1.0
     );
     assert_eq!(
@@ -809,7 +835,7 @@ async fn get_path(addr: SocketAddr, path: &str) -> (u16, String, String) {
 #[tokio::test]
 async fn http_serves_metrics_healthz_and_404() {
     let (addr, m, tx, task) = start(None).await;
-    m.recipient_verdict("reject");
+    m.recipient_verdict("reject", Reason::SenderRulesReject);
 
     let (status, head, body) = get_path(addr, "/metrics").await;
     assert_eq!(status, 200);
@@ -819,7 +845,10 @@ async fn http_serves_metrics_healthz_and_404() {
     );
     let (s, _) = parse_exposition(&body);
     assert_eq!(
-        s[&key("mxsentry_recipients_total", &[("verdict", "reject")])],
+        s[&key(
+            "mxsentry_recipients_total",
+            &[("verdict", "reject"), ("reason", "sender_rules.reject")]
+        )],
         1.0
     );
 

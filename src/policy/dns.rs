@@ -3,6 +3,7 @@
 use crate::checks::{dnsbl, helo, rdns, Finding};
 use crate::config::Action as FindingAction;
 use crate::lookups::DnsResults;
+use crate::reason::Reason;
 
 use super::outcome::{parse_reply, render_helo, Outcome, DYNAMIC_REPLY};
 use super::{Envelope, Policy};
@@ -44,8 +45,9 @@ impl Policy {
                     check: "rdns",
                     outcome: "temp".into(),
                     detail: "reverse lookup did not finish in time".into(),
+                    ..Default::default()
                 });
-                outcome.add(rdns_temp, temp_reply(), "rdns", "temp");
+                outcome.add(rdns_temp, temp_reply(), Reason::RdnsError, "temp");
             }
             Some(res) => {
                 findings.extend(res.findings());
@@ -61,20 +63,22 @@ impl Policy {
                     rdns::RdnsOutcome::NoPtr => outcome.add(
                         cfg.rdns.no_ptr,
                         parse_reply(&vars(&cfg.rdns.no_ptr_reply)),
-                        "rdns",
+                        Reason::RdnsNone,
                         "no_ptr",
                     ),
                     rdns::RdnsOutcome::Forged => outcome.add(
                         cfg.rdns.forged,
                         parse_reply(&vars(&cfg.rdns.forged_reply)),
-                        "rdns",
+                        Reason::RdnsForged,
                         "forged",
                     ),
-                    rdns::RdnsOutcome::Temp => outcome.add(rdns_temp, temp_reply(), "rdns", "temp"),
+                    rdns::RdnsOutcome::Temp => {
+                        outcome.add(rdns_temp, temp_reply(), Reason::RdnsError, "temp")
+                    }
                 }
                 if res.dynamic.is_some() {
                     let reply = parse_reply(&vars(DYNAMIC_REPLY));
-                    outcome.add(cfg.rdns.dynamic, reply, "rdns", "dynamic");
+                    outcome.add(cfg.rdns.dynamic, reply, Reason::RdnsDynamic, "dynamic");
                 }
             }
         }
@@ -82,25 +86,38 @@ impl Policy {
         // Optional: the HELO name must resolve (only asked when its syntax passed).
         if let Some(res) = r.helo_resolve {
             match res {
-                helo::HeloResolve::Resolves => {}
+                // Kept as evidence (a replay need not look it up again); not notable.
+                helo::HeloResolve::Resolves => findings.push(Finding {
+                    check: "helo",
+                    outcome: "resolves".into(),
+                    detail: format!("HELO {} resolves", env.helo),
+                    ..Default::default()
+                }),
                 helo::HeloResolve::NxDomain => {
                     findings.push(Finding {
                         check: "helo",
                         outcome: "unresolvable".into(),
                         detail: format!("HELO {}: no A/AAAA record", env.helo),
+                        ..Default::default()
                     });
                     let reply = render_helo(&cfg.helo.reply, env.helo);
-                    outcome.add(cfg.helo.action, reply, "helo", "unresolvable");
+                    outcome.add(
+                        cfg.helo.action,
+                        reply,
+                        Reason::HeloUnresolvable,
+                        "unresolvable",
+                    );
                 }
                 helo::HeloResolve::Temp(e) => {
                     findings.push(Finding {
                         check: "helo",
                         outcome: "temp".into(),
                         detail: format!("HELO {}: lookup failed: {e}", env.helo),
+                        ..Default::default()
                     });
                     let action =
                         FindingAction::on_temp_failure(&[cfg.helo.action], cfg.dns.temp_failure);
-                    outcome.add(action, temp_reply(), "helo", "temp");
+                    outcome.add(action, temp_reply(), Reason::HeloError, "temp");
                 }
             }
         }
@@ -130,7 +147,11 @@ impl Policy {
             } else {
                 cfg.dnsbl.below_threshold
             };
-            outcome.add(action, reply, z.kind.check_name(), &z.zone);
+            let reason = match z.kind {
+                dnsbl::ZoneKind::Domain => Reason::RhsblListed,
+                _ => Reason::DnsblListed,
+            };
+            outcome.add(action, reply, reason, &z.zone);
         }
         // A list that failed is ignored (counted, logged in the findings), unless its
         // `temp_failure = "tempfail"` and it could have tipped the score: then the client is
@@ -142,7 +163,12 @@ impl Policy {
                 FindingAction::Reject | FindingAction::Tempfail
             )
         {
-            outcome.add(FindingAction::Tempfail, temp_reply(), "dnsbl", "temp");
+            outcome.add(
+                FindingAction::Tempfail,
+                temp_reply(),
+                Reason::DnsblError,
+                "temp",
+            );
         }
     }
 }

@@ -39,6 +39,7 @@ pub use crate::checks::Finding;
 use crate::config::{Action as FindingAction, Config, Mode, TrustedConfig};
 use crate::lookups::{ClientLookups, DnsChecks};
 use crate::protocol::negotiate::Needs;
+use crate::reason::Reason;
 use crate::store::GreylistStore;
 
 /// Reply for a plain `REJECT` rule, as sendmail admins know it.
@@ -107,6 +108,22 @@ pub struct Decision {
     /// What decided, as `check=what` (`dnsbl=zen.example`, `sender_rules=access:3 ...`); empty
     /// when nothing did. Used in dry-run tags.
     pub cause: String,
+    /// The stable code of what decided (docs/reasons.md): the cause of a blocking verdict (in
+    /// dry-run, of the `would` one), or of an accept (`trusted.network`, `greylist.passed`,
+    /// ...); `none` when nothing objected.
+    pub reason: Reason,
+}
+
+impl Decision {
+    /// The code of the enforced verdict: `dry_run` when dry-run mode let a blocking verdict
+    /// through, else [`Decision::reason`].
+    pub fn enforced_reason(&self) -> Reason {
+        if self.would.is_some() {
+            Reason::DryRun
+        } else {
+            self.reason
+        }
+    }
 }
 
 /// Everything the policy needs to know about one recipient of one message.
@@ -311,6 +328,7 @@ impl Policy {
                     check: "trusted",
                     outcome: "network".into(),
                     detail: ip.to_string(),
+                    ..Default::default()
                 });
             }
         }
@@ -319,6 +337,7 @@ impl Policy {
                 check: "trusted",
                 outcome: "authenticated".into(),
                 detail: String::new(),
+                ..Default::default()
             });
         }
         None
@@ -335,8 +354,9 @@ impl Policy {
 
         // 1. Trusted networks and authenticated clients bypass every check.
         if let Some(f) = self.trusted(env) {
+            let reason = f.reason();
             findings.push(f);
-            return self.finish(Verdict::Accept, findings, String::new());
+            return self.finish(Verdict::Accept, findings, String::new(), reason);
         }
 
         // 2. postmaster@ and abuse@ must always be reachable (RFC 5321 4.5.1).
@@ -345,8 +365,14 @@ impl Policy {
                 check: "exemption",
                 outcome: "recipient".into(),
                 detail: local.to_string(),
+                ..Default::default()
             });
-            return self.finish(Verdict::Continue, findings, String::new());
+            return self.finish(
+                Verdict::Continue,
+                findings,
+                String::new(),
+                Reason::ExemptRecipient,
+            );
         }
 
         // 3. Sender rules, stage by stage as sendmail applies its access file: the client
@@ -371,8 +397,10 @@ impl Policy {
                 check: "helo",
                 outcome: helo.as_str().into(),
                 detail: env.helo.to_string(),
+                ..Default::default()
             });
-            outcome.add(self.config.helo.action, reply, "helo", helo.as_str());
+            let reason = findings.last().map_or(Reason::Other, Finding::reason);
+            outcome.add(self.config.helo.action, reply, reason, helo.as_str());
         }
         let mut lookups = lookups;
         if let Some(lookups) = lookups.as_deref_mut() {
@@ -388,6 +416,12 @@ impl Policy {
         let tags = std::mem::take(&mut outcome.tags);
         let mut verdict = outcome.verdict();
         let mut cause = outcome.cause();
+        // An accept's reason: what let the client through (a DNS allow list, greylisting).
+        let mut reason = outcome.reason().unwrap_or(if outcome.allow_listed {
+            Reason::DnswlListed
+        } else {
+            Reason::None
+        });
         let mut headers = Vec::new();
         let mut wanted = (self.config.greylist.enabled || greylist) && !outcome.allow_listed;
         if verdict == Verdict::Continue && wanted {
@@ -396,7 +430,9 @@ impl Policy {
                     check: "greylist",
                     outcome: "allowed".into(),
                     detail,
+                    ..Default::default()
                 });
+                reason = Reason::GreylistAllowed;
                 wanted = false;
             }
         }
@@ -412,7 +448,9 @@ impl Policy {
                         now,
                     )
                     .await;
-                findings.push(r.finding());
+                let finding = r.finding();
+                reason = finding.reason();
+                findings.push(finding);
                 if let Some(text) = r.reply(&self.config.greylist) {
                     verdict = Verdict::Greylist(parse_reply(&text).with_class(4));
                     cause = format!("greylist={}", r.outcome.as_str());
@@ -423,12 +461,13 @@ impl Policy {
                     check: "greylist",
                     outcome: "not_checked".into(),
                     detail: "greylisting applies, but no store is open here (explain)".into(),
+                    ..Default::default()
                 });
             }
         }
 
         // 7. Otherwise the strongest action wins.
-        let mut d = self.finish(verdict, findings, cause);
+        let mut d = self.finish(verdict, findings, cause, reason);
         d.tags = tags;
         d.greylist = greylist;
         d.headers = headers;
@@ -499,6 +538,7 @@ impl Policy {
             check: "sender_rules",
             outcome: action_word(hit.action).into(),
             detail: hit.describe(),
+            ..Default::default()
         };
         let stages = [(client, true), (sender, true), (recipient, false)];
         let mut ok: Option<(RuleHit<'_>, bool)> = None;
@@ -509,9 +549,11 @@ impl Policy {
                     ok.get_or_insert((hit, message_wide));
                 }
                 Some(verdict) => {
-                    findings.push(finding(&hit));
+                    let f = finding(&hit);
+                    let reason = f.reason();
+                    findings.push(f);
                     let cause = format!("sender_rules={}", hit.describe());
-                    return Some(self.finish(verdict, std::mem::take(findings), cause));
+                    return Some(self.finish(verdict, std::mem::take(findings), cause, reason));
                 }
                 None => {}
             }
@@ -524,11 +566,18 @@ impl Policy {
             Verdict::Continue
         };
         let cause = format!("sender_rules={}", hit.describe());
-        Some(self.finish(verdict, std::mem::take(findings), cause))
+        let reason = Reason::SenderRulesOk;
+        Some(self.finish(verdict, std::mem::take(findings), cause, reason))
     }
 
     /// Applies the mode: in dry-run a blocking verdict becomes a note and the mail goes on.
-    fn finish(&self, verdict: Verdict, findings: Vec<Finding>, cause: String) -> Decision {
+    fn finish(
+        &self,
+        verdict: Verdict,
+        findings: Vec<Finding>,
+        cause: String,
+        reason: Reason,
+    ) -> Decision {
         if self.dry_run && verdict.is_blocking() {
             Decision {
                 verdict: Verdict::Continue,
@@ -538,6 +587,7 @@ impl Policy {
                 greylist: false,
                 headers: Vec::new(),
                 cause,
+                reason,
             }
         } else {
             Decision {
@@ -548,6 +598,7 @@ impl Policy {
                 greylist: false,
                 headers: Vec::new(),
                 cause,
+                reason,
             }
         }
     }
@@ -559,6 +610,11 @@ impl Policy {
             .any(|e| e.eq_ignore_ascii_case(local))
             .then_some(local)
     }
+}
+
+/// Whether the MTA's client name is a verified host name (not `[ip]`, `unknown` or empty).
+pub fn is_verified_name(name: &str) -> bool {
+    verified_name(name).is_some()
 }
 
 /// The MTA's client name only when it is a verified host name (not `[ip]` nor `unknown`).

@@ -2,6 +2,7 @@
 
 use crate::checks::sender_rules::{SmtpReply, MAX_REPLY_LEN};
 use crate::config::Action as FindingAction;
+use crate::reason::Reason;
 
 use super::Verdict;
 
@@ -12,8 +13,9 @@ pub(super) const DYNAMIC_REPLY: &str =
 /// The strongest action among the findings, and its reply.
 #[derive(Default)]
 pub(super) struct Outcome {
-    /// (strength, action, reply) of the strongest blocking action so far.
-    pub(super) blocking: Option<(u8, FindingAction, SmtpReply, String)>,
+    /// (strength, action, reply, cause text, reason code) of the strongest blocking action
+    /// so far.
+    pub(super) blocking: Option<(u8, FindingAction, SmtpReply, String, Reason)>,
     pub(super) greylist: bool,
     /// An allow list (DNSWL) vouches for the client: no IP lists, no greylisting.
     pub(super) allow_listed: bool,
@@ -25,7 +27,16 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
-    pub(super) fn add(&mut self, action: FindingAction, reply: SmtpReply, check: &str, what: &str) {
+    /// One finding's action. `what` names it in the cause text (`check=what`: the zone, or
+    /// the outcome word); `reason` is its stable code.
+    pub(super) fn add(
+        &mut self,
+        action: FindingAction,
+        reply: SmtpReply,
+        reason: Reason,
+        what: &str,
+    ) {
+        let check = reason.check();
         let strength = match action {
             FindingAction::Reject => 2,
             FindingAction::Tempfail => 1,
@@ -34,7 +45,7 @@ impl Outcome {
                 return;
             }
             FindingAction::Tag => {
-                self.tags.push(format!("{check}={what}"));
+                self.tags.push(format!("{check}={what} reason={reason}"));
                 return;
             }
             FindingAction::Delay => {
@@ -45,14 +56,14 @@ impl Outcome {
             FindingAction::Log | FindingAction::Off => return,
         };
         if self.blocking.as_ref().is_none_or(|(s, ..)| strength > *s) {
-            self.blocking = Some((strength, action, reply, format!("{check}={what}")));
+            self.blocking = Some((strength, action, reply, format!("{check}={what}"), reason));
         }
     }
 
     pub(super) fn verdict(&self) -> Verdict {
         match &self.blocking {
-            Some((_, FindingAction::Reject, reply, _)) => Verdict::Reject(reply.with_class(5)),
-            Some((_, _, reply, _)) => Verdict::Tempfail(reply.with_class(4)),
+            Some((_, FindingAction::Reject, reply, ..)) => Verdict::Reject(reply.with_class(5)),
+            Some((_, _, reply, ..)) => Verdict::Tempfail(reply.with_class(4)),
             None => Verdict::Continue,
         }
     }
@@ -60,8 +71,13 @@ impl Outcome {
     pub(super) fn cause(&self) -> String {
         self.blocking
             .as_ref()
-            .map(|(.., cause)| cause.clone())
+            .map(|(.., cause, _)| cause.clone())
             .unwrap_or_default()
+    }
+
+    /// The code of the strongest blocking action, if any.
+    pub(super) fn reason(&self) -> Option<Reason> {
+        self.blocking.as_ref().map(|(.., reason)| *reason)
     }
 }
 

@@ -289,3 +289,102 @@ fn greylist_allow_lists_skip_greylisting_only() {
         "{e}"
     );
 }
+
+#[test]
+fn every_verdict_path_carries_its_reason_code() {
+    let p = policy_with(ACCESS, "[greylist]\nenabled = false\n");
+    let code = |ip: &str, from: &str, rcpt: &str| {
+        let d = decide(&p, &env(ip, from, rcpt));
+        (
+            d.verdict.name(),
+            d.reason.as_str(),
+            d.enforced_reason().as_str(),
+        )
+    };
+    let cases = [
+        (
+            "127.0.0.1",
+            "a@reject.example",
+            "u@example.org",
+            "accept",
+            "trusted.network",
+        ),
+        (
+            "192.0.2.10",
+            "a@reject.example",
+            "postmaster@example.org",
+            "accept",
+            "exempt.recipient",
+        ),
+        (
+            "192.0.2.10",
+            "a@reject.example",
+            "u@example.org",
+            "reject",
+            "sender_rules.reject",
+        ),
+        (
+            "192.0.2.10",
+            "a@discard.example",
+            "u@example.org",
+            "discard",
+            "sender_rules.discard",
+        ),
+        (
+            "192.0.2.10",
+            "a@banned.example",
+            "u@example.org",
+            "reject",
+            "sender_rules.error",
+        ),
+        (
+            "192.0.2.10",
+            "a@later.example",
+            "u@example.org",
+            "tempfail",
+            "sender_rules.error_temp",
+        ),
+        (
+            "192.0.2.10",
+            "a@friend.example",
+            "u@example.org",
+            "accept",
+            "sender_rules.ok",
+        ),
+        (
+            "192.0.2.10",
+            "a@fine.example",
+            "u@example.org",
+            "accept",
+            "none",
+        ),
+    ];
+    for (ip, from, rcpt, verdict, reason) in cases {
+        assert_eq!(
+            code(ip, from, rcpt),
+            (verdict, reason, reason),
+            "{from} {rcpt}"
+        );
+    }
+    // An authenticated client.
+    let mut e = env("192.0.2.10", "a@reject.example", "u@example.org");
+    e.authenticated = true;
+    assert_eq!(decide(&p, &e).reason.as_str(), "trusted.auth");
+    // HELO: the code of the problem, in the cause and in a tag.
+    let p = policy_with(
+        "",
+        "[greylist]\nenabled = false\n[helo]\naction = \"tag\"\n",
+    );
+    let mut e = env("192.0.2.10", "a@fine.example", "u@example.org");
+    e.helo = "localhost";
+    let d = decide(&p, &e);
+    assert_eq!(d.tags, ["helo=unqualified reason=helo.unqualified"]);
+    assert_eq!(d.reason.as_str(), "none");
+    // Dry-run: the enforced accept is `dry_run`; the cause is kept for the would-be verdict.
+    let p = policy_with(ACCESS, "[milter]\nmode = \"dry-run\"\n");
+    let d = decide(&p, &env("192.0.2.10", "a@reject.example", "u@example.org"));
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert_eq!(d.would.as_ref().map(Verdict::name), Some("reject"));
+    assert_eq!(d.reason.as_str(), "sender_rules.reject");
+    assert_eq!(d.enforced_reason().as_str(), "dry_run");
+}

@@ -72,10 +72,10 @@ check "clean client, listed only by the wildcard list: RCPT TO -> 250" reply_is 
 check "clean client: message queued" grep -qE "$QUEUED" <<<"$out"
 check "clean client: the log says the wildcard listing is log-only, and why" \
   wait_mxlog "from=<health-clean-$R@sender.good.test>" \
-  "dnsbl:untrusted(wildbl.test: 40.2.0.192.wildbl.test -> 127.0.0.2 (weight 1)" \
+  "dnsbl.untrusted(wildbl.test: 40.2.0.192.wildbl.test -> 127.0.0.2 (weight 1)" \
   "zone wildbl.test unhealthy: 127.0.0.1 listed -> its listing is log-only)"
 check "clean client: the refusing list is logged as refused, no listing" \
-  wait_mxlog "from=<health-clean-$R@sender.good.test>" "dnsbl:refused(refusedbl.test: 40.2.0.192.refusedbl.test -> 127.255.255.254"
+  wait_mxlog "from=<health-clean-$R@sender.good.test>" "dnsbl.refused(refusedbl.test: 40.2.0.192.refusedbl.test -> 127.255.255.254"
 
 out="$(pf 192.0.2.100 '[UNAVAILABLE]' --from "health-listed-$R@sender.good.test")"
 check "client listed in the healthy bl.test: RCPT TO -> 550 5.7.1 ... listed in bl.test" reply_is "RCPT TO" "$out" \
