@@ -99,7 +99,7 @@ fn defaults_match_the_contract() {
     assert_eq!(c.dns.cache_size, 10_000);
     assert_eq!(c.dns.max_concurrent, 256);
     assert!(c.dns.prefetch);
-    assert_eq!(c.dns.prefetch_percent, 10);
+    assert_eq!(c.dns.prefetch_percent, 25);
     assert_eq!(c.dns.temp_failure, TempFailureAction::Tempfail);
     assert_eq!(c.helo.action, Action::Reject);
     assert!(!c.helo.check_resolves);
