@@ -2,8 +2,9 @@
 # DNS prefetch for returning clients (issue 15 item 3): the DNS-latency scenario (every answer
 # delayed 100 ms) with a small population of clients that keep coming back, zone TTLs short
 # (5 s) so cached answers expire during the run. Runs mxsentry with `[dns] prefetch` off and on
-# (prefetch_percent 10, the default, and 50) and reports, for each, the latency mxsentry adds
-# before the RCPT reply (milterload's `added`: p50/p99/max) and the queries the DNS server got.
+# (prefetch_percent 10, 25 — the default — and 50), plus a floor (hour-long TTLs: every lookup a
+# cache hit), and reports for each the latency mxsentry adds before the RCPT reply
+# (milterload's `added`: p50/p99/max) and the queries the DNS server got.
 #
 #   bash bench/dns-prefetch.sh                 # ~3 minutes on 2 cores
 #   PF_CLIENTS=100 PF_SECONDS=30 PF_TTL=5 PF_PERCENTS="10 50" bash bench/dns-prefetch.sh
@@ -70,15 +71,16 @@ wait_port() {
   done
   cat "$W/$2.log" >&2; die "$2 did not listen on $1"
 }
-dns_queries() {  # the DNS server's query count so far
-  local n
-  n="$(grep -c '^queries' "$W/dns.log" || true)"
-  kill -USR1 "$(cat "$W/dns.pid")"
+dns_queries() {  # dns_queries MODE: the query count so far of the DNS server MODE uses
+  local n s=dns
+  [ "$1" = floor ] && s=dns-hour
+  n="$(grep -c '^queries' "$W/$s.log" || true)"
+  kill -USR1 "$(cat "$W/$s.pid")"
   for _ in $(seq 1 50); do
-    [ "$(grep -c '^queries' "$W/dns.log" || true)" -gt "$n" ] && break
+    [ "$(grep -c '^queries' "$W/$s.log" || true)" -gt "$n" ] && break
     sleep 0.1
   done
-  grep -o '^queries [0-9]*' "$W/dns.log" | tail -1 | cut -d' ' -f2
+  grep -o '^queries [0-9]*' "$W/$s.log" | tail -1 | cut -d' ' -f2
 }
 metric() {  # metric NAME{LABELS}: its value from mxsentry's /metrics, 0 if absent
   curl -s "http://127.0.0.1:$MPORT/metrics" | awk -v k="$1" '$1 == k { print $2; found = 1 } END { if (!found) print 0 }'
@@ -100,6 +102,7 @@ gen.zone(os.path.join(out, "zone"), clients, "100ms")
 gen.clients_file(os.path.join(out, "clients"), clients)
 gen.access(os.path.join(out, "access"), 1000)
 text = open(os.path.join(out, "zone")).read()
+open(os.path.join(out, "zone-hour"), "w").write(text)  # the floor: every answer stays cached
 text = text.replace("$NEGATIVE_TTL 3600", f"$NEGATIVE_TTL {ttl}").replace(" 3600 ", f" {ttl} ")
 open(os.path.join(out, "zone"), "w").write(text)
 EOF
@@ -108,16 +111,22 @@ grep -q "^\$NEGATIVE_TTL $PF_TTL\$" "$W/zone" || die "zone TTLs not rewritten"
 start dns "$ML" --dns-zone "$W/zone" --dns-addr-file "$W/dns.addr" --dns-only
 for _ in $(seq 1 100); do [ -s "$W/dns.addr" ] && break; sleep 0.1; done
 [ -s "$W/dns.addr" ] || die "DNS server did not start: $(cat "$W/dns.log")"
+start dns-hour "$ML" --dns-zone "$W/zone-hour" --dns-addr-file "$W/dns-hour.addr" --dns-only
+for _ in $(seq 1 100); do [ -s "$W/dns-hour.addr" ] && break; sleep 0.1; done
+[ -s "$W/dns-hour.addr" ] || die "DNS server did not start: $(cat "$W/dns-hour.log")"
 source "$ROOT/bench/lib.sh"
 
 load=(--target "inet:$PORT@127.0.0.1" --mta postfix --gap-ms 20 --clients "$W/clients")
 printf '%-12s %9s %10s %10s %10s %10s %12s %s\n' mode sessions "p50_ms" "p99_ms" "max_ms" queries "queries/sess" "prefetch started/refreshed/dropped" 
-for mode in off $PF_PERCENTS; do
+# floor: TTLs of an hour, so every lookup of the measured run is a cache hit (what this machine
+# adds without any DNS wait); off: 5 s TTLs without prefetch; then each prefetch_percent.
+for mode in floor off $PF_PERCENTS; do
+  dns="$W/dns.addr"; [ "$mode" = floor ] && dns="$W/dns-hour.addr"
   f="$W/mx-$mode.toml"
-  mx_config "$f" checks "$PORT" "$MPORT" "$W/access" "$W/greylist-$mode.db" "$(cat "$W/dns.addr")" "" warn \
+  mx_config "$f" checks "$PORT" "$MPORT" "$W/access" "$W/greylist-$mode.db" "$(cat "$dns")" "" warn \
     || die "cannot write $f"
   sed -i 's/^dynamic = "greylist"$/dynamic = "greylist"\ntrust_mta = false/' "$f"
-  if [ "$mode" = off ]; then
+  if [ "$mode" = off ] || [ "$mode" = floor ]; then
     sed -i 's/^timeout = "3s"$/timeout = "3s"\nprefetch = false/' "$f"
   else
     sed -i "s/^timeout = \"3s\"\$/timeout = \"3s\"\nprefetch = true\nprefetch_percent = $mode/" "$f"
@@ -129,11 +138,11 @@ for mode in off $PF_PERCENTS; do
   log "prefetch $mode: warm-up pass over $PF_CLIENTS clients"
   "$ML" --json "${load[@]}" --concurrency "$PF_WARM_CONCURRENCY" --sessions "$PF_CLIENTS" \
     >/dev/null 2>>"$W/milterload.err"
-  q0="$(dns_queries)"
+  q0="$(dns_queries "$mode")"
   log "prefetch $mode: $PF_SECONDS s of returning clients"
   out="$("$ML" --json "${load[@]}" --concurrency "$PF_CONCURRENCY" --duration "$PF_SECONDS" --client-offset 0 2>>"$W/milterload.err")" \
     || die "milterload failed: $(tail -3 "$W/milterload.err")"
-  q1="$(dns_queries)"
+  q1="$(dns_queries "$mode")"
   started="$(metric 'mxsentry_dns_prefetch_total{result="started"}')"
   refreshed="$(metric 'mxsentry_dns_prefetch_total{result="refreshed"}')"
   dropped="$(metric 'mxsentry_dns_prefetch_total{result="dropped"}')"

@@ -24,11 +24,13 @@
 //! `prefetch_percent` of the TTL never waits (measured in docs/performance.md). An entry is refreshed at most once (the
 //! refresh stores a new entry, with its own claim); entries never used again are never
 //! refreshed, so one-time clients cost nothing. At most [`PREFETCH_MAX_CONCURRENT`] refreshes
-//! run at once, beside (not inside) the sessions' own query slots; a use beyond that is
-//! dropped and counted, and a later use may try again. A refresh that fails (SERVFAIL,
+//! run at once, beside (not inside) the sessions' own query slots; more wait for a slot, up to
+//! [`PREFETCH_MAX_PENDING`] started and unfinished (a session's use of a client's five or six
+//! answers makes them due together, so refreshes come in bursts); a use beyond that is dropped
+//! and counted, and a later use may try again. A refresh that fails (SERVFAIL,
 //! timeout) leaves the cached answer until its TTL ends.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,8 +43,11 @@ use tokio::sync::Semaphore;
 
 use super::DnsError;
 
-/// Most background refreshes in flight at once (beyond them, prefetches are dropped).
+/// Most background refreshes in flight at once (more wait for a slot).
 pub const PREFETCH_MAX_CONCURRENT: usize = 64;
+/// Most background refreshes started and not finished, waiting ones included (beyond them,
+/// prefetches are dropped).
+pub const PREFETCH_MAX_PENDING: usize = 1024;
 
 /// What the cache is keyed by: the query name (lowercased) and type.
 pub(super) type Key = (Name, RecordType);
@@ -60,7 +65,7 @@ pub enum CacheEvent {
     PrefetchRefreshed,
     /// A background refresh got no answer to store (error, timeout): the old one stays.
     PrefetchFailed,
-    /// A refresh was due but [`PREFETCH_MAX_CONCURRENT`] were running: not started.
+    /// A refresh was due but [`PREFETCH_MAX_PENDING`] were pending: not started.
     PrefetchDropped,
 }
 
@@ -181,7 +186,10 @@ pub(super) struct AnswerCache {
     timeout: Duration,
     /// `Some(percent)` when prefetch is on.
     prefetch_percent: Option<u8>,
-    prefetch_slots: Arc<Semaphore>,
+    prefetch_slots: Semaphore,
+    /// Refreshes started and not finished (at most `prefetch_pending_limit`).
+    prefetch_pending: AtomicUsize,
+    prefetch_pending_limit: usize,
     stats: CacheStats,
     observer: RwLock<Option<CacheObserver>>,
 }
@@ -206,13 +214,14 @@ impl moka::Expiry<Key, Arc<Entry>> for EntryExpiry {
 
 impl AnswerCache {
     /// A cache of at most `capacity` answers (at least 1); refreshes ask through `resolver`
-    /// within `timeout`, at most `prefetch_limit` at once; `prefetch_percent` None: no prefetch.
+    /// within `timeout`, at most `limits.0` at once and `limits.1` started and unfinished;
+    /// `prefetch_percent` None: no prefetch.
     pub fn new(
         capacity: usize,
         resolver: TokioResolver,
         timeout: Duration,
         prefetch_percent: Option<u8>,
-        prefetch_limit: usize,
+        limits: (usize, usize),
     ) -> AnswerCache {
         let entries = moka::sync::Cache::builder()
             .max_capacity(u64::try_from(capacity.max(1)).unwrap_or(u64::MAX))
@@ -223,7 +232,9 @@ impl AnswerCache {
             resolver,
             timeout,
             prefetch_percent,
-            prefetch_slots: Arc::new(Semaphore::new(prefetch_limit)),
+            prefetch_slots: Semaphore::new(limits.0),
+            prefetch_pending: AtomicUsize::new(0),
+            prefetch_pending_limit: limits.1,
             stats: CacheStats::default(),
             observer: RwLock::new(None),
         }
@@ -284,11 +295,15 @@ impl AnswerCache {
         true
     }
 
-    /// Spawns the refresh of `key` if a prefetch slot is free; never waits.
+    /// Spawns the refresh of `key` unless too many are pending; never waits.
     fn start_refresh(self: &Arc<Self>, key: Key, entry: &Entry) {
         let runtime = tokio::runtime::Handle::try_current();
-        let permit = self.prefetch_slots.clone().try_acquire_owned();
-        let (Ok(runtime), Ok(permit)) = (runtime, permit) else {
+        let pending = self.prefetch_pending.fetch_add(1, Ordering::AcqRel);
+        let Some(runtime) = runtime
+            .ok()
+            .filter(|_| pending < self.prefetch_pending_limit)
+        else {
+            self.prefetch_pending.fetch_sub(1, Ordering::AcqRel);
             // A later use may try again.
             entry.refresh_claimed.store(false, Ordering::Release);
             self.count(CacheEvent::PrefetchDropped);
@@ -297,12 +312,16 @@ impl AnswerCache {
         self.count(CacheEvent::PrefetchStarted);
         let cache = self.clone();
         runtime.spawn(async move {
-            let _slot = permit;
+            let Ok(_slot) = cache.prefetch_slots.acquire().await else {
+                cache.prefetch_pending.fetch_sub(1, Ordering::AcqRel);
+                return; // never closed
+            };
             let fetch = fetch(&cache.resolver, key.0.clone(), key.1);
             let refreshed = match tokio::time::timeout(cache.timeout, fetch).await {
                 Ok(fetched) => cache.store(key, &fetched),
                 Err(_) => false,
             };
+            cache.prefetch_pending.fetch_sub(1, Ordering::AcqRel);
             cache.count(if refreshed {
                 CacheEvent::PrefetchRefreshed
             } else {

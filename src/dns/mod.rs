@@ -47,7 +47,9 @@ mod prefetch_tests;
 mod tests;
 
 use cache::{AnswerCache, Fetched};
-pub use cache::{CacheEvent, CacheObserver, CacheStats, PREFETCH_MAX_CONCURRENT};
+pub use cache::{
+    CacheEvent, CacheObserver, CacheStats, PREFETCH_MAX_CONCURRENT, PREFETCH_MAX_PENDING,
+};
 
 /// Longest a positive answer stays cached, whatever its TTL.
 pub const MAX_POSITIVE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -210,15 +212,16 @@ impl Dns {
     ///   [`MAX_NEGATIVE_TTL`]. With `config.prefetch`, answers used in the last
     ///   `config.prefetch_percent` of their TTL are refreshed in the background (see [`cache`]).
     /// * At most `config.max_concurrent` queries in flight; more wait for a slot, in order
-    ///   (refreshes have their own [`PREFETCH_MAX_CONCURRENT`] slots).
+    ///   (refreshes have their own [`PREFETCH_MAX_CONCURRENT`] slots, and at most
+    ///   [`PREFETCH_MAX_PENDING`] wait or run).
     pub fn new(config: &DnsConfig) -> Result<Dns, String> {
-        Dns::with_prefetch_limit(config, PREFETCH_MAX_CONCURRENT)
+        Dns::with_prefetch_limits(config, (PREFETCH_MAX_CONCURRENT, PREFETCH_MAX_PENDING))
     }
 
-    /// [`Dns::new`] with another bound on concurrent refreshes (tests).
-    pub(crate) fn with_prefetch_limit(
+    /// [`Dns::new`] with other bounds on refreshes: (in flight, started and unfinished).
+    pub(crate) fn with_prefetch_limits(
         config: &DnsConfig,
-        prefetch_limit: usize,
+        prefetch_limits: (usize, usize),
     ) -> Result<Dns, String> {
         let servers: Vec<SocketAddr> = if config.nameservers.is_empty() {
             let (system, _) = hickory_resolver::system_conf::read_system_conf()
@@ -267,7 +270,7 @@ impl Dns {
                 resolver.clone(),
                 config.timeout,
                 config.prefetch.then_some(config.prefetch_percent),
-                prefetch_limit,
+                prefetch_limits,
             ))
         });
         Ok(Dns {

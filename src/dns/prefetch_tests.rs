@@ -138,34 +138,40 @@ async fn one_time_clients_cause_no_prefetch() {
 }
 
 #[tokio::test]
-async fn refreshes_beyond_the_bound_are_dropped_and_counted() {
+async fn refreshes_beyond_the_bound_wait_then_are_dropped_and_counted() {
     let server = TestDnsServer::start(
         "slow.test DELAY 2s 10 A 192.0.2.1\nfast1.test 10 A 192.0.2.2\nfast2.test 10 A 192.0.2.3",
     )
     .await
     .expect("test DNS server");
-    let dns = Dns::with_prefetch_limit(&config(&server, true), 1).expect("resolver");
+    // One refresh in flight, two started and unfinished at most.
+    let dns = Dns::with_prefetch_limits(&config(&server, true), (1, 2)).expect("resolver");
     for name in ["fast1.test", "fast2.test", "slow.test"] {
         assert!(dns.ipv4(name).await.is_ok());
     }
     tokio::time::sleep(INTO_WINDOW).await;
-    // slow.test's refresh takes the only slot for 2 s ...
+    // slow.test's refresh takes the only slot for 2 s, fast1's waits for it ...
     assert!(dns.ipv4("slow.test").await.is_ok());
-    // ... so fast1's refresh is dropped, yet its session gets its answer.
-    assert_eq!(
-        dns.ipv4("fast1.test").await,
-        Ok(vec![Ipv4Addr::new(192, 0, 2, 2)])
-    );
-    assert_eq!(prefetches(&dns), (1, 0, 0, 1));
-    assert_eq!(server.queries_for("fast1.test"), 1);
-
-    // Once the slot is free, a later use of a dropped entry may refresh it.
-    eventually("slow.test refreshed", || prefetches(&dns).1 == 1).await;
     assert!(dns.ipv4("fast1.test").await.is_ok());
-    eventually("fast1.test refreshed", || prefetches(&dns).1 == 2).await;
-    assert_eq!(prefetches(&dns), (2, 2, 0, 1));
-    assert_eq!(server.queries_for("fast1.test"), 2);
+    // ... so fast2's is dropped, yet its session gets its answer.
+    assert_eq!(
+        dns.ipv4("fast2.test").await,
+        Ok(vec![Ipv4Addr::new(192, 0, 2, 3)])
+    );
+    assert_eq!(prefetches(&dns), (2, 0, 0, 1));
     assert_eq!(server.queries_for("fast2.test"), 1);
+
+    // The waiting refresh runs once the slot is free; a later use of the dropped entry may
+    // refresh it.
+    eventually("slow.test and fast1.test refreshed", || {
+        prefetches(&dns).1 == 2
+    })
+    .await;
+    assert_eq!(server.queries_for("fast1.test"), 2);
+    assert!(dns.ipv4("fast2.test").await.is_ok());
+    eventually("fast2.test refreshed", || prefetches(&dns).1 == 3).await;
+    assert_eq!(prefetches(&dns), (3, 3, 0, 1));
+    assert_eq!(server.queries_for("fast2.test"), 2);
 }
 
 #[tokio::test]
