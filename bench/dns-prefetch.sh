@@ -149,7 +149,8 @@ for mode in floor off $PF_PERCENTS; do
   hits="$(metric 'mxsentry_dns_cache_lookups_total{result="hit"}')"
   misses="$(metric 'mxsentry_dns_cache_lookups_total{result="miss"}')"
   stop "mx-$mode"
-  echo "{\"mode\":\"$mode\",\"clients\":$PF_CLIENTS,\"ttl\":$PF_TTL,\"queries\":$((q1 - q0)),\"prefetch_started\":$started,\"prefetch_refreshed\":$refreshed,\"prefetch_dropped\":$dropped,\"cache_hits\":$hits,\"cache_misses\":$misses,\"ml\":$out}" >> "$JSONL"
+  ttl=$PF_TTL; [ "$mode" = floor ] && ttl=3600
+  echo "{\"mode\":\"$mode\",\"clients\":$PF_CLIENTS,\"ttl\":$ttl,\"queries\":$((q1 - q0)),\"prefetch_started\":$started,\"prefetch_refreshed\":$refreshed,\"prefetch_dropped\":$dropped,\"cache_hits\":$hits,\"cache_misses\":$misses,\"ml\":$out}" >> "$JSONL"
   python3 - "$mode" "$((q1 - q0))" "$started/$refreshed/$dropped" <<EOF
 import json, sys
 mode, q, pf = sys.argv[1], int(sys.argv[2]), sys.argv[3]
