@@ -53,6 +53,13 @@ impl DnsChecks {
         dns.set_observer(Arc::new(|kind, outcome, seconds| {
             crate::metrics::metrics().dns_query(kind, outcome, seconds)
         }));
+        dns.set_cache_observer(Arc::new(|event| {
+            let m = crate::metrics::metrics();
+            match event.is_prefetch() {
+                true => m.dns_prefetch(event.label()),
+                false => m.dns_cache(event.label()),
+            }
+        }));
         Ok(DnsChecks {
             dns: Arc::new(dns),
             dynamic: DynamicPatterns::new(&config.rdns.dynamic_patterns)?,

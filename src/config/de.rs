@@ -371,6 +371,10 @@ pub(super) fn max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D
     ranged(d, "max_concurrent", 1, usize_max()).map(|v| v as usize)
 }
 
+pub(super) fn prefetch_percent<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    ranged(d, "prefetch_percent", 1, 90).map(|v| v as u8)
+}
+
 /// The smallest `max_frame` (and its default): a 64 KiB body chunk plus the frame's length and
 /// command bytes. libmilter accepts no more, so every MTA works within it.
 pub const MIN_MAX_FRAME: usize = 65_540;

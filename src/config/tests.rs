@@ -98,6 +98,8 @@ fn defaults_match_the_contract() {
     assert_eq!(c.dns.timeout, Duration::from_secs(3));
     assert_eq!(c.dns.cache_size, 10_000);
     assert_eq!(c.dns.max_concurrent, 256);
+    assert!(c.dns.prefetch);
+    assert_eq!(c.dns.prefetch_percent, 25);
     assert_eq!(c.dns.temp_failure, TempFailureAction::Tempfail);
     assert_eq!(c.helo.action, Action::Reject);
     assert!(!c.helo.check_resolves);
@@ -455,6 +457,11 @@ fn prefix_and_frame_ranges_name_their_line() {
     );
     error_at("[milter]\nmax_macros = 2\n", 2, "invalid max_macros 2");
     error_at("[dns]\nmax_concurrent = 0\n", 2, "max_concurrent");
+    error_at(
+        "[dns]\nprefetch_percent = 95\n",
+        2,
+        "invalid prefetch_percent 95: must be from 1 to 90",
+    );
     let c = parse("[milter]\nmax_frame = 65540\n[greylist]\nipv4_prefix = 32\nipv6_prefix = 128\n")
         .unwrap();
     assert_eq!(c.milter.max_frame, 65_540);

@@ -12,8 +12,9 @@
 //!   the `response_code`: NXDOMAIN, NOERROR (no data) but also SERVFAIL and REFUSED. Mapping
 //!   "no records found" to a negative answer without looking at the code would turn a SERVFAIL
 //!   into a permanent failure; [`DnsError`] maps by response code.
-//! * Its cache (a TTL-aware LRU of `cache_size` queries) stores negative answers only when they
-//!   carry an SOA (TTL = min(SOA TTL, SOA minimum)); SERVFAIL/REFUSED/timeouts are never cached.
+//! * Its cache cannot refresh one entry ahead of its TTL, so it is off and [`cache`] keeps the
+//!   answers instead (and prefetches them; see there why). Negative answers are cached only
+//!   when they carry an SOA (TTL = min(SOA TTL, SOA minimum)); SERVFAIL/REFUSED/timeouts never.
 //! * Its per-try timeout is not an overall deadline (retries, CNAME chains and TCP fallback can
 //!   add up), hence the `tokio::time::timeout` around every lookup here.
 //! * It answers some special-use names itself without querying: `localhost.` and names under
@@ -28,6 +29,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::lookup::Lookup;
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
@@ -38,8 +40,16 @@ use tokio::sync::Semaphore;
 
 use crate::config::DnsConfig;
 
+mod cache;
+#[cfg(test)]
+mod prefetch_tests;
 #[cfg(test)]
 mod tests;
+
+use cache::{AnswerCache, Fetched};
+pub use cache::{
+    CacheEvent, CacheObserver, CacheStats, PREFETCH_MAX_CONCURRENT, PREFETCH_MAX_PENDING,
+};
 
 /// Longest a positive answer stays cached, whatever its TTL.
 pub const MAX_POSITIVE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -123,8 +133,8 @@ impl DnsError {
 /// included; answers from the cache take microseconds).
 pub type DnsObserver = Arc<dyn Fn(&'static str, &'static str, f64) + Send + Sync>;
 
-/// Counters of every query made through a [`Dns`] (answers from the cache included: the cache
-/// is hickory's and invisible here). Read them with `.load(Ordering::Relaxed)`.
+/// Counters of every query made through a [`Dns`] (answers from the cache included; see
+/// [`Dns::cache_stats`] for how many). Read them with `.load(Ordering::Relaxed)`.
 #[derive(Debug, Default)]
 pub struct DnsStats {
     /// Queries made (one `ips()` call is two queries: A and AAAA).
@@ -173,6 +183,8 @@ pub struct Dns {
     max_concurrent: usize,
     stats: DnsStats,
     observer: RwLock<Option<DnsObserver>>,
+    /// None when `cache_size` is 0.
+    cache: Option<Arc<AnswerCache>>,
 }
 
 impl fmt::Debug for Dns {
@@ -197,9 +209,20 @@ impl Dns {
     ///   tries of half the timeout each.
     /// * Cache of `config.cache_size` queries (0: none) honouring TTLs, positive ones capped at
     ///   [`MAX_POSITIVE_TTL`]; negative answers cached for their SOA minimum, at most
-    ///   [`MAX_NEGATIVE_TTL`].
-    /// * At most `config.max_concurrent` queries in flight; more wait for a slot, in order.
+    ///   [`MAX_NEGATIVE_TTL`]. With `config.prefetch`, answers used in the last
+    ///   `config.prefetch_percent` of their TTL are refreshed in the background (see [`cache`]).
+    /// * At most `config.max_concurrent` queries in flight; more wait for a slot, in order
+    ///   (refreshes have their own [`PREFETCH_MAX_CONCURRENT`] slots, and at most
+    ///   [`PREFETCH_MAX_PENDING`] wait or run).
     pub fn new(config: &DnsConfig) -> Result<Dns, String> {
+        Dns::with_prefetch_limits(config, (PREFETCH_MAX_CONCURRENT, PREFETCH_MAX_PENDING))
+    }
+
+    /// [`Dns::new`] with other bounds on refreshes: (in flight, started and unfinished).
+    pub(crate) fn with_prefetch_limits(
+        config: &DnsConfig,
+        prefetch_limits: (usize, usize),
+    ) -> Result<Dns, String> {
         let servers: Vec<SocketAddr> = if config.nameservers.is_empty() {
             let (system, _) = hickory_resolver::system_conf::read_system_conf()
                 .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?;
@@ -228,7 +251,7 @@ impl Dns {
         options.timeout = (config.timeout / 2).max(Duration::from_millis(1));
         options.attempts = 1; // retries after the first try: two tries in all
         options.ndots = 0;
-        options.cache_size = config.cache_size;
+        options.cache_size = 0; // ours, in front (see `cache`)
         options.use_hosts_file = ResolveHosts::Never;
         options.positive_max_ttl = Some(MAX_POSITIVE_TTL);
         options.negative_max_ttl = Some(MAX_NEGATIVE_TTL);
@@ -241,6 +264,15 @@ impl Dns {
                 .build();
 
         let max_concurrent = config.max_concurrent.max(1);
+        let cache = (config.cache_size > 0).then(|| {
+            Arc::new(AnswerCache::new(
+                config.cache_size,
+                resolver.clone(),
+                config.timeout,
+                config.prefetch.then_some(config.prefetch_percent),
+                prefetch_limits,
+            ))
+        });
         Ok(Dns {
             resolver,
             timeout: config.timeout,
@@ -248,6 +280,7 @@ impl Dns {
             max_concurrent,
             stats: DnsStats::default(),
             observer: RwLock::new(None),
+            cache,
         })
     }
 
@@ -287,9 +320,23 @@ impl Dns {
             .unwrap_or_else(PoisonError::into_inner) = Some(observer);
     }
 
+    /// Cache and prefetch counters; None without a cache (`cache_size = 0`).
+    pub fn cache_stats(&self) -> Option<&CacheStats> {
+        self.cache.as_deref().map(AnswerCache::stats)
+    }
+
+    /// Installs (or replaces) the callback told about every cache lookup and prefetch.
+    pub fn set_cache_observer(&self, observer: CacheObserver) {
+        if let Some(cache) = &self.cache {
+            cache.set_observer(observer);
+        }
+    }
+
     /// Forgets every cached answer.
     pub fn clear_cache(&self) {
-        self.resolver.clear_cache();
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
     }
 
     /// Names of `ip` (PTR records), lowercased, without the trailing dot. An IPv4-mapped IPv6
@@ -373,8 +420,9 @@ impl Dns {
         absolute_name(name).inspect_err(|e| self.record(kind, Err(e), Duration::ZERO))
     }
 
-    /// One query under the deadline and the concurrency bound; `extract` picks the wanted
-    /// records (hickory also returns the CNAMEs it followed). No records at all: no data.
+    /// One query: from the cache, else under the deadline and the concurrency bound;
+    /// `extract` picks the wanted records (hickory also returns the CNAMEs it followed). No
+    /// records at all: no data.
     async fn query<T>(
         &self,
         kind: &'static str,
@@ -383,28 +431,30 @@ impl Dns {
         extract: impl Fn(&RData) -> Option<T>,
     ) -> Result<Vec<T>, DnsError> {
         let started = Instant::now();
-        let lookup = async {
-            let _slot = self
-                .slots
-                .acquire()
-                .await
-                .map_err(|_| DnsError::Other("resolver shut down".into()))?;
-            self.resolver
-                .lookup(name, record_type)
-                .await
-                .map_err(|e| DnsError::from_resolve(&e))
-        };
-        let result = match tokio::time::timeout(self.timeout, lookup).await {
-            Ok(Ok(lookup)) => {
-                let found: Vec<T> = lookup.iter().filter_map(&extract).collect();
-                if found.is_empty() {
-                    Err(DnsError::NoData)
-                } else {
-                    Ok(found)
+        let key = (name.to_lowercase(), record_type);
+        let cached = self.cache.as_ref().and_then(|cache| cache.get(&key));
+        let result = match cached {
+            Some(entry) => extract_records(&entry.answer, &extract),
+            None => {
+                let lookup = async {
+                    let _slot = self
+                        .slots
+                        .acquire()
+                        .await
+                        .map_err(|_| DnsError::Other("resolver shut down".into()))?;
+                    Ok::<Fetched, DnsError>(cache::fetch(&self.resolver, name, record_type).await)
+                };
+                match tokio::time::timeout(self.timeout, lookup).await {
+                    Ok(Ok(fetched)) => {
+                        if let Some(cache) = &self.cache {
+                            cache.store(key, &fetched);
+                        }
+                        extract_records(&fetched.answer, &extract)
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(DnsError::Timeout),
                 }
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(DnsError::Timeout),
         };
         self.record(kind, result.as_ref().map(|_| ()), started.elapsed());
         result
@@ -424,6 +474,20 @@ impl Dns {
             };
             observer(kind, outcome, elapsed.as_secs_f64());
         }
+    }
+}
+
+/// The records `extract` picks from an answer; none: no data.
+fn extract_records<T>(
+    answer: &Result<Lookup, DnsError>,
+    extract: impl Fn(&RData) -> Option<T>,
+) -> Result<Vec<T>, DnsError> {
+    let lookup = answer.as_ref().map_err(Clone::clone)?;
+    let found: Vec<T> = lookup.iter().filter_map(extract).collect();
+    if found.is_empty() {
+        Err(DnsError::NoData)
+    } else {
+        Ok(found)
     }
 }
 

@@ -83,6 +83,12 @@ pub const DNS_ANSWERS: [&str; 3] = ["ok", "nxdomain", "nodata"];
 /// `error` label values of `mxsentry_dns_errors_total`; any other non-answer outcome is `other`.
 pub const DNS_ERRORS: [&str; 5] = ["timeout", "servfail", "refused", "network", "busy"];
 
+/// `result` label values of `mxsentry_dns_cache_lookups_total`; anything else is `other`.
+pub const DNS_CACHE_RESULTS: [&str; 2] = ["hit", "miss"];
+
+/// `result` label values of `mxsentry_dns_prefetch_total`; anything else is `other`.
+pub const DNS_PREFETCH_RESULTS: [&str; 4] = ["started", "refreshed", "failed", "dropped"];
+
 /// `result` label values of `mxsentry_dnsbl_results_total`; anything else is `other`.
 /// `blocked`: the list answered with one of its 127.255.255.x "you may not query us" codes.
 pub const DNSBL_RESULTS: [&str; 5] = ["listed", "not_listed", "timeout", "error", "blocked"];
@@ -314,6 +320,8 @@ pub struct Metrics {
     /// `[kind][error]`, kinds and errors each with `other` last.
     dns_errors: Vec<Vec<IntCounter>>,
     dns_duration: Fixed<Histogram, 5>,
+    dns_cache: Fixed<IntCounter, 2>,
+    dns_prefetch: Fixed<IntCounter, 4>,
 
     greylist_entries: IntGaugeVec,
     /// Per [`GREYLIST_BACKENDS`], resolved on first use (a host uses one backend: the other
@@ -434,6 +442,20 @@ impl Metrics {
             "Duration of DNS lookups (cache hits included), by query kind.",
             &["kind"],
             DNS_BUCKETS,
+        );
+        let dns_cache = counter_vec(
+            r,
+            "mxsentry_dns_cache_lookups_total",
+            "DNS queries answered from the cache (hit) or sent to a name server (miss).",
+            &["result"],
+        );
+        let dns_prefetch = counter_vec(
+            r,
+            "mxsentry_dns_prefetch_total",
+            "Background refreshes of cached DNS answers used near the end of their TTL: \
+             started, refreshed (new answer stored), failed (old one kept), dropped (too many \
+             running).",
+            &["result"],
         );
         let greylist_entries = gauge_vec(
             r,
@@ -596,6 +618,10 @@ impl Metrics {
             dnsbl_zone_healthy,
             dns_errors,
             dns_duration: Fixed::new(&DNS_KINDS, |k| dns_duration_vec.with_label_values(&[k])),
+            dns_cache: Fixed::new(&DNS_CACHE_RESULTS, |r| dns_cache.with_label_values(&[r])),
+            dns_prefetch: Fixed::new(&DNS_PREFETCH_RESULTS, |r| {
+                dns_prefetch.with_label_values(&[r])
+            }),
             greylist_entries_fixed: Default::default(),
             greylist_entries,
             greylist_duration_fixed: Default::default(),
@@ -718,6 +744,16 @@ impl Metrics {
                 .unwrap_or(DNS_ERRORS.len());
             self.dns_errors[k][e].inc();
         }
+    }
+
+    /// One DNS query looked up in the cache: `result` from [`DNS_CACHE_RESULTS`].
+    pub fn dns_cache(&self, result: &str) {
+        self.dns_cache.get(result).inc();
+    }
+
+    /// One prefetch event: `result` from [`DNS_PREFETCH_RESULTS`].
+    pub fn dns_prefetch(&self, result: &str) {
+        self.dns_prefetch.get(result).inc();
     }
 
     /// One DNS list lookup: `zone` exactly as configured (never the query name), `result`

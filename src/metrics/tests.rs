@@ -1362,3 +1362,40 @@ fn examples_and_docs_name_real_metrics() {
         }
     }
 }
+
+#[test]
+fn dns_cache_and_prefetch_counters() {
+    let m = Metrics::new();
+    let (s, _) = parse_exposition(&m.render());
+    // Present at 0 from the start.
+    for r in DNS_PREFETCH_RESULTS {
+        assert_eq!(
+            s[&key("mxsentry_dns_prefetch_total", &[("result", r)])],
+            0.0
+        );
+    }
+    m.dns_cache("hit");
+    m.dns_cache("hit");
+    m.dns_cache("miss");
+    m.dns_cache("stale");
+    m.dns_prefetch("started");
+    m.dns_prefetch("dropped");
+    m.dns_prefetch("whatever");
+    let (s, _) = parse_exposition(&m.render());
+    let cache = |r| s[&key("mxsentry_dns_cache_lookups_total", &[("result", r)])];
+    assert_eq!(
+        (cache("hit"), cache("miss"), cache("other")),
+        (2.0, 1.0, 1.0)
+    );
+    let prefetch = |r| s[&key("mxsentry_dns_prefetch_total", &[("result", r)])];
+    assert_eq!(
+        [
+            prefetch("started"),
+            prefetch("refreshed"),
+            prefetch("failed"),
+            prefetch("dropped"),
+            prefetch("other")
+        ],
+        [1.0, 0.0, 0.0, 1.0, 1.0]
+    );
+}
