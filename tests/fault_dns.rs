@@ -221,7 +221,7 @@ fn an_unreachable_list_is_ignored_unless_the_zone_says_tempfail() {
         "{log}"
     );
     assert!(
-        log.contains("findings=\"dnsbl:temp(bl.test: 60.2.0.192.bl.test -> SERVFAIL)"),
+        log.contains("findings=\"dnsbl.error(bl.test: 60.2.0.192.bl.test -> SERVFAIL)"),
         "{log}"
     );
     assert!(d.metric("mxsentry_dnsbl_results_total{result=\"error\",zone=\"bl.test\"}") >= 1.0);

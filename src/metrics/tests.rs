@@ -42,6 +42,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("mxsentry_control_requests_total", "counter"),
     ("mxsentry_shadow_verdicts_total", "counter"),
     ("mxsentry_dnsbl_zone_healthy", "gauge"),
+    ("mxsentry_dns_cache_lookups_total", "counter"),
+    ("mxsentry_dns_prefetch_total", "counter"),
 ];
 
 /// A strict reader of the text exposition format (version 0.0.4) as the Prometheus server
