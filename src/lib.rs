@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod reason;
+pub mod replay;
 pub mod server;
 pub mod session;
 pub mod shadow;

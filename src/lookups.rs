@@ -389,7 +389,8 @@ fn done<T>(p: &Pending<T>) -> Option<&T> {
     }
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
+/// Loopback clients get no PTR lookup (RFC 6761 resolvers answer `localhost` for them).
+pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => {

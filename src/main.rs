@@ -65,6 +65,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Decide the recipients of a JSON decision log again with another configuration, from
+    /// the DNS answers the log carries; print every flip (old -> new verdict, cause) and totals.
+    Replay {
+        /// The NEW configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The daemon's log (`[log] format = "json"`).
+        #[arg(long)]
+        log: PathBuf,
+        /// One JSON object per flip, then a totals object.
+        #[arg(long)]
+        json: bool,
+        /// Look nothing up: recipients whose answers the log lacks are reported undecidable.
+        #[arg(long)]
+        no_dns: bool,
+    },
     /// Inspect and edit the greylist store: through the running daemon when it answers on its
     /// control socket, else directly.
     Greylist {
@@ -278,6 +294,17 @@ fn main() -> ExitCode {
             explain(config, query, json)
         }
         Command::Greylist { command } => greylist(command),
+        Command::Replay {
+            config,
+            log,
+            json,
+            no_dns,
+        } => ExitCode::from(mxsentry::replay::run(&mxsentry::replay::Options {
+            config: &config,
+            log: &log,
+            json,
+            no_dns,
+        })),
         Command::Config {
             command: ConfigCommand::Import { source },
         } => config_import(source),

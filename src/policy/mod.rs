@@ -311,6 +311,11 @@ impl Policy {
         self.config.greeting.delay
     }
 
+    /// The DNS checks this policy runs (`replay` feeds them answers from the log).
+    pub fn dns_checks(&self) -> &Arc<DnsChecks> {
+        &self.dns
+    }
+
     pub fn dry_run(&self) -> bool {
         self.dry_run
     }
