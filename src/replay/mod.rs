@@ -171,3 +171,6 @@ pub async fn replay(
     out.write_all(summary.as_bytes())
         .map_err(|e| format!("cannot write: {e}"))
 }
+
+#[cfg(test)]
+mod tests;

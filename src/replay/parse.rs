@@ -140,7 +140,7 @@ fn is_text_decision(line: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checks::{Evidence, Finding};
     use crate::decision_log::{evidence_json, json_body, DecisionLine};
