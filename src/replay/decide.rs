@@ -218,8 +218,14 @@ impl Replayer {
             .evidence
             .iter()
             .find(|e| RDNS_CODES.contains(&e.code.as_str()));
+        // Looked up for greylist pools only (`pool_by_rdns`): replay keys no store, so the
+        // answer cannot change a verdict and need not be known.
+        let cfg = self.policy.config();
+        let decides = cfg.rdns_checks_active()
+            || (cfg.may_greylist() && !cfg.greylist.allow_client_files.is_empty());
         match logged {
             Some(e) => Some(rdns_from_log(ip, e, &checks.dynamic)),
+            None if !decides => None,
             None if self.no_dns => {
                 missing.push("rdns (PTR/FCrDNS)".into());
                 None

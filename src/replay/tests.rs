@@ -210,3 +210,12 @@ fn greylisting_takes_the_logged_step_or_counts_as_new() {
         assert_eq!(v.cause, "greylist=new (state unknown: would be new)");
     }
 }
+
+#[test]
+fn rdns_wanted_only_for_greylist_pools_is_not_missing() {
+    let grey = "[greylist]\nenabled = true\npool_by_rdns = true\n\
+                [rdns]\nno_ptr = \"off\"\nforged = \"off\"\ndynamic = \"off\"\n";
+    let never = daemon_line("b@example.com", "accept", &[]);
+    let d = decide(&replayer("", grey), &never);
+    assert_eq!(verdict(&d[0]), ("greylist", "greylist.new"));
+}
