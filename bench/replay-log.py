@@ -11,6 +11,8 @@ import sys
 
 lines = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 rng = random.Random(42)
+# Public-looking addresses: no 10/8 or 127/8 (trusted networks by default).
+FIRST_OCTETS = [a for a in range(1, 224) if a not in (10, 127)]
 out = sys.stdout
 write = out.write
 for n in range(lines):
@@ -19,7 +21,7 @@ for n in range(lines):
         write('{"timestamp":"%s","level":"INFO","message":"connection closed","peer":"127.0.0.1:40000",'
               '"target":"mxsentry::server"}\n' % ts)
         continue
-    a, b, c = rng.randrange(1, 224), rng.randrange(256), rng.randrange(256)
+    a, b, c = rng.choice(FIRST_OCTETS), rng.randrange(256), rng.randrange(256)
     ip = "%d.%d.%d.%d" % (a, b, c, rng.randrange(1, 255))
     host = "mail%d.example%d.net" % (rng.randrange(100), rng.randrange(5000))
     sender = "user%d@sender%d.example" % (rng.randrange(10_000), rng.randrange(20_000))
