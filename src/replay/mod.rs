@@ -35,6 +35,10 @@ use report::At;
 /// Most malformed lines named on stderr (the rest are only counted).
 const MAX_MALFORMED_SHOWN: u64 = 100;
 
+/// Longest line read whole (a decision line is a few KiB: the evidence is bounded); a longer
+/// one is skipped as malformed, so a file without newlines cannot fill the memory.
+const MAX_LINE: u64 = 1 << 20;
+
 /// What the command line asked for.
 pub struct Options<'a> {
     pub config: &'a Path,
@@ -95,11 +99,27 @@ pub async fn replay(
     let mut buf = Vec::with_capacity(4096);
     loop {
         buf.clear();
-        let n = input
+        let cannot_read =
+            |e: std::io::Error| format!("{file}:{}: cannot read: {e}", totals.lines + 1);
+        let n = std::io::Read::take(input.by_ref(), MAX_LINE)
             .read_until(b'\n', &mut buf)
-            .map_err(|e| format!("{file}:{}: cannot read: {e}", totals.lines + 1))?;
+            .map_err(cannot_read)?;
         if n == 0 {
             break;
+        }
+        let too_long = buf.last() != Some(&b'\n') && n as u64 == MAX_LINE;
+        if too_long {
+            // The rest of the line, read and dropped a piece at a time.
+            loop {
+                buf.clear();
+                let more = std::io::Read::take(input.by_ref(), MAX_LINE)
+                    .read_until(b'\n', &mut buf)
+                    .map_err(cannot_read)?;
+                if more == 0 || buf.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            buf.clear();
         }
         totals.lines += 1;
         let text = String::from_utf8_lossy(&buf);
@@ -107,7 +127,11 @@ pub async fn replay(
             file: &file,
             line: totals.lines,
         };
-        let rec = match parse_line(text.trim_end_matches(['\n', '\r'])) {
+        let parsed = match too_long {
+            true => Line::Malformed(format!("line longer than {MAX_LINE} bytes")),
+            false => parse_line(text.trim_end_matches(['\n', '\r'])),
+        };
+        let rec = match parsed {
             Line::Decision(r) => r,
             Line::Other => {
                 totals.other_lines += 1;

@@ -219,3 +219,50 @@ fn rdns_wanted_only_for_greylist_pools_is_not_missing() {
     let d = decide(&replayer("", grey), &never);
     assert_eq!(verdict(&d[0]), ("greylist", "greylist.new"));
 }
+
+/// Replays `log` (as a file named `f.log`) with `r`; (output, error).
+fn replay_text(r: &Replayer, log: &[u8]) -> (String, Result<(), String>) {
+    let opts = Options {
+        config: Path::new("new.toml"),
+        log: Path::new("f.log"),
+        json: false,
+        no_dns: true,
+    };
+    let mut out = Vec::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt.block_on(replay(r, log, &opts, &mut out));
+    (String::from_utf8(out).unwrap(), result)
+}
+
+#[test]
+fn malformed_and_overlong_lines_are_skipped_and_counted_the_rest_decided() {
+    let good = line(
+        "b@example.com",
+        "reject",
+        &[zone("dnsbl", "listed", "bl.test", "127.0.0.2")],
+    );
+    let huge = "x".repeat(3 << 20);
+    let log = format!("{good}\n{{\"message\":\"decision\",\n{huge}\n{good}\n");
+    let (out, result) = replay_text(&replayer("", ""), log.as_bytes());
+    assert_eq!(result, Ok(()));
+    assert!(
+        out.starts_with("f.log:1 queue Q1 client 192.0.2.1 ([192.0.2.1]) from <a@example.org> rcpt <b@example.com>: reject -> accept (none)\n"),
+        "{out}"
+    );
+    assert!(out.contains("f.log:4 queue Q1"), "{out}");
+    assert!(
+        out.contains("lines 4: decision lines 2, other lines 0, malformed lines 2\n"),
+        "{out}"
+    );
+    // A text decision line stops the replay at its line.
+    let text = "2026-12-05T04:00:00Z  INFO mxsentry::decision: decision queue_id=Q1 verdict=accept";
+    let log = format!("{good}\n{text}\n");
+    let (_, result) = replay_text(&replayer("", ""), log.as_bytes());
+    assert_eq!(
+        result,
+        Err("f.log:2: a text log line; replay needs [log] format = \"json\"".to_string())
+    );
+}
