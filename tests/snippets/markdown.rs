@@ -78,11 +78,20 @@ pub fn is_toml_block(b: &Block) -> bool {
 
 /// An access-file block: some line reads `key ACTION` with one of the access file's actions.
 pub fn is_access_block(b: &Block) -> bool {
+    // Every rule line (comments and blank lines aside) must read `KEY ACTION`: one line that
+    // merely has an action word second (`flips reject -> accept: 4`) does not make a block one.
+    let mut rules = b
+        .text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .peekable();
     !is_toml_block(b)
-        && b.text.lines().any(|l| {
+        && rules.peek().is_some()
+        && rules.all(|l| {
             let mut words = l.split_whitespace();
             match (words.next(), words.next()) {
-                (Some(key), Some(action)) if !key.starts_with('#') => {
+                (Some(_key), Some(action)) => {
                     let action = action.to_ascii_uppercase();
                     ACTIONS.contains(&action.as_str()) || action.starts_with("ERROR:")
                 }
