@@ -10,10 +10,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{reply_text, transaction, Daemon};
+use common::{mxsentry, reply_text, transaction, Daemon};
 use mxsentry::protocol::reply::Reply;
 
 /// Greylisting for everyone; keys by network (192.0.2.0/24), not by rDNS pool, so the
@@ -23,27 +22,6 @@ const GREYLIST: &str = "[greylist]\nenabled = true\ndelay = \"1h\"\nretry_window
 
 const FROM: &str = "news@sender.example";
 const RCPT: &str = "u@example.org";
-
-/// Runs the binary; (exit code, stdout, stderr).
-fn mxsentry(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxsentry"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `mxsentry <args> --config <the daemon's config>`.
-fn cmd(d: &Daemon, args: &[&str]) -> (i32, String, String) {
-    let config = d.config_path.to_str().unwrap().to_owned();
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--config", &config]);
-    mxsentry(&all)
-}
 
 fn triplet(verb: &str) -> Vec<&str> {
     vec![
@@ -80,7 +58,7 @@ fn greylist_commands_go_through_the_running_daemon() {
     assert!(greylisted(&d), "a new triplet is greylisted");
 
     // list: the daemon holds the store, and the command sees the session's entry in it
-    let (code, out, err) = cmd(&d, &["greylist", "list"]);
+    let (code, out, err) = d.cmd(&["greylist", "list"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("(via the running daemon)"), "{err}");
     assert!(
@@ -90,7 +68,7 @@ fn greylist_commands_go_through_the_running_daemon() {
     assert!(out.ends_with("1 entries\n"), "{out}");
 
     // add: whitelisted at once for the sessions (no restart, no reload)
-    let (code, out, err) = cmd(&d, &triplet("add"));
+    let (code, out, err) = d.cmd(&triplet("add"));
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("(via the running daemon)"), "{err}");
     assert!(
@@ -101,10 +79,10 @@ fn greylist_commands_go_through_the_running_daemon() {
     assert!(!greylisted(&d), "added through the daemon: accepted");
 
     // del: greylisted again
-    let (code, out, err) = cmd(&d, &triplet("del"));
+    let (code, out, err) = d.cmd(&triplet("del"));
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out, format!("deleted {KEY}\n"));
-    let (_, out, _) = cmd(&d, &triplet("del"));
+    let (_, out, _) = d.cmd(&triplet("del"));
     assert_eq!(out, format!("no entry {KEY}\n"));
     assert!(
         greylisted(&d),
@@ -112,10 +90,10 @@ fn greylist_commands_go_through_the_running_daemon() {
     );
 
     // purge runs in the daemon and leaves live entries
-    let (code, out, err) = cmd(&d, &["greylist", "purge"]);
+    let (code, out, err) = d.cmd(&["greylist", "purge"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out, "purged 0 expired entries\n");
-    let (_, out, _) = cmd(&d, &["greylist", "list"]);
+    let (_, out, _) = d.cmd(&["greylist", "list"]);
     assert!(out.ends_with("1 entries\n"), "{out}");
 
     // every request was counted
@@ -130,7 +108,7 @@ fn permanent_entries_never_expire_and_purge_leaves_them() {
     let d = Daemon::start("", GREYLIST);
     let mut args = triplet("add");
     args.push("--permanent");
-    let (code, out, err) = cmd(&d, &args);
+    let (code, out, err) = d.cmd(&args);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
@@ -138,9 +116,9 @@ fn permanent_entries_never_expire_and_purge_leaves_them() {
     );
     assert!(!greylisted(&d), "permanently whitelisted: accepted");
     assert!(!greylisted(&d), "and still after a delivery refreshed it");
-    let (_, out, _) = cmd(&d, &["greylist", "purge"]);
+    let (_, out, _) = d.cmd(&["greylist", "purge"]);
     assert_eq!(out, "purged 0 expired entries\n");
-    let (_, out, _) = cmd(&d, &["greylist", "list"]);
+    let (_, out, _) = d.cmd(&["greylist", "list"]);
     let line = out.lines().find(|l| l.starts_with(KEY)).expect(&out);
     assert!(line.contains("  permanent  passed="), "{line}");
     assert!(line.ends_with(" expires=never"), "{line}");
@@ -187,17 +165,14 @@ fn importers_write_through_the_daemon_in_batches() {
         d.metric("mxsentry_control_requests_total{op=\"put\",result=\"ok\"}") >= 2.0,
         "sent in batches"
     );
-    let (code, out, err) = cmd(
-        &d,
-        &[
-            "greylist",
-            "list",
-            "--prefix",
-            "t:198.51.100.0/24|",
-            "--limit",
-            "100000",
-        ],
-    );
+    let (code, out, err) = d.cmd(&[
+        "greylist",
+        "list",
+        "--prefix",
+        "t:198.51.100.0/24|",
+        "--limit",
+        "100000",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.ends_with("20000 entries\n"),
@@ -205,7 +180,7 @@ fn importers_write_through_the_daemon_in_batches() {
         &out[out.len() - 200..]
     );
     // and committed: the daemon's status counts them (committed entries only)
-    let (_, out, _) = cmd(&d, &["status"]);
+    let (_, out, _) = d.cmd(&["status"]);
     assert!(out.contains("store entries: 20000\n"), "{out}");
 }
 
@@ -219,14 +194,14 @@ fn greylist_commands_open_the_store_directly_when_the_daemon_is_stopped() {
         "the daemon removed its socket"
     );
 
-    let (code, out, err) = cmd(&d, &triplet("add"));
+    let (code, out, err) = d.cmd(&triplet("add"));
     assert_eq!(code, 0, "{out}{err}");
     assert!(!err.contains("via the running daemon"), "{err}");
     assert!(
         out.starts_with(&format!("added {KEY}: whitelisted until ")),
         "{out}"
     );
-    let (code, out, _) = cmd(&d, &["greylist", "list"]);
+    let (code, out, _) = d.cmd(&["greylist", "list"]);
     assert_eq!(code, 0);
     assert!(
         out.contains(&format!("{KEY}  whitelisted  passed=1")),
@@ -237,10 +212,10 @@ fn greylist_commands_open_the_store_directly_when_the_daemon_is_stopped() {
     let stale = std::os::unix::net::UnixListener::bind(control_socket(&d)).unwrap();
     drop(stale);
     assert!(control_socket(&d).exists());
-    let (code, out, err) = cmd(&d, &["greylist", "list"]);
+    let (code, out, err) = d.cmd(&["greylist", "list"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(!err.contains("via the running daemon"), "{err}");
-    let (code, _, err) = cmd(&d, &["status"]);
+    let (code, _, err) = d.cmd(&["status"]);
     assert_eq!(code, 1);
     assert!(err.contains("no mxsentry daemon answers on"), "{err}");
 
@@ -248,7 +223,7 @@ fn greylist_commands_open_the_store_directly_when_the_daemon_is_stopped() {
     d.restart_stopped();
     d.wait_log("control socket ready");
     assert!(!greylisted(&d), "added to the stopped store: accepted");
-    let (code, _, err) = cmd(&d, &["greylist", "list"]);
+    let (code, _, err) = d.cmd(&["greylist", "list"]);
     assert_eq!(code, 0);
     assert!(err.contains("(via the running daemon)"), "{err}");
 }
@@ -257,17 +232,17 @@ fn greylist_commands_open_the_store_directly_when_the_daemon_is_stopped() {
 fn with_the_control_socket_off_the_commands_say_what_holds_the_store() {
     let d = Daemon::start("", &format!("{GREYLIST}[control]\nsocket = \"off\"\n"));
     assert!(!control_socket(&d).exists());
-    let (code, out, err) = cmd(&d, &["greylist", "list"]);
+    let (code, out, err) = d.cmd(&["greylist", "list"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains("another process holds the embedded store and its control socket is off"),
         "{err}"
     );
-    let (code, _, err) = cmd(&d, &["status"]);
+    let (code, _, err) = d.cmd(&["status"]);
     assert_eq!(code, 1);
     assert!(err.contains("[control] socket = \"off\""), "{err}");
     // reload validates the file, then says it cannot reach the daemon
-    let (code, _, err) = cmd(&d, &["reload"]);
+    let (code, _, err) = d.cmd(&["reload"]);
     assert_eq!(code, 1);
     assert!(err.contains("the running daemon cannot be asked"), "{err}");
 }
@@ -300,7 +275,7 @@ fn status_shows_the_running_daemon() {
     let d = Daemon::start("From:x.example REJECT\n", GREYLIST);
     assert!(greylisted(&d));
     d.wait_idle();
-    let (code, out, err) = cmd(&d, &["status"]);
+    let (code, out, err) = d.cmd(&["status"]);
     assert_eq!(code, 0, "{out}{err}");
     let config = std::fs::canonicalize(&d.config_path).unwrap();
     let db = d.config_dir().join("greylist.db");
@@ -324,7 +299,7 @@ fn status_shows_the_running_daemon() {
     c.negotiate();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, out, _) = cmd(&d, &["status"]);
+        let (_, out, _) = d.cmd(&["status"]);
         if out.contains("connections open: 1\n") {
             break;
         }
@@ -346,7 +321,7 @@ fn reload_applies_a_good_file_and_refuses_a_bad_one() {
 
     let access = d.config_dir().join("access");
     std::fs::write(&access, "From:new.example REJECT\n").unwrap();
-    let (code, out, err) = cmd(&d, &["reload"]);
+    let (code, out, err) = d.cmd(&["reload"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("reloaded "), "{out}");
     assert!(out.contains(": 1 access rules, 0 regex rules"), "{out}");
@@ -359,7 +334,7 @@ fn reload_applies_a_good_file_and_refuses_a_bad_one() {
         "# ok\nFrom:new.example REJECT\nFrom:x.example FROBNICATE\n",
     )
     .unwrap();
-    let (code, out, err) = cmd(&d, &["reload"]);
+    let (code, out, err) = d.cmd(&["reload"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains(&format!("{}:3: ", access.display())), "{err}");
     assert!(rejected(&d, "a@new.example"), "old rules still enforced");
@@ -368,7 +343,7 @@ fn reload_applies_a_good_file_and_refuses_a_bad_one() {
     // the daemon's own check says the same when the file breaks after validation (SIGHUP path)
     d.signal("HUP");
     d.wait_log("reload failed");
-    let (_, out, _) = cmd(&d, &["status"]);
+    let (_, out, _) = d.cmd(&["status"]);
     assert!(out.contains("last reload: failed "), "{out}");
     assert!(out.contains(&format!("{}:3: ", access.display())), "{out}");
     assert!(rejected(&d, "a@new.example"), "old rules still enforced");
@@ -383,7 +358,7 @@ fn reload_without_a_daemon_says_so() {
     let mut d = Daemon::start("", "");
     d.signal("TERM");
     assert!(d.wait_exit(Duration::from_secs(30)).unwrap().success());
-    let (code, out, err) = cmd(&d, &["reload"]);
+    let (code, out, err) = d.cmd(&["reload"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("no mxsentry daemon answers on"), "{err}");
     assert!(err.contains(control_socket(&d).to_str().unwrap()), "{err}");
@@ -393,22 +368,19 @@ fn reload_without_a_daemon_says_so() {
 fn explain_shows_the_daemons_greylist_state_and_records_nothing() {
     let d = Daemon::start("", GREYLIST);
     let explain = |d: &Daemon| {
-        let (code, out, err) = cmd(
-            d,
-            &[
-                "explain",
-                "--client-ip",
-                "192.0.2.10",
-                "--client-name",
-                "client.example",
-                "--helo",
-                "client.example",
-                "--from",
-                FROM,
-                "--rcpt",
-                RCPT,
-            ],
-        );
+        let (code, out, err) = d.cmd(&[
+            "explain",
+            "--client-ip",
+            "192.0.2.10",
+            "--client-name",
+            "client.example",
+            "--helo",
+            "client.example",
+            "--from",
+            FROM,
+            "--rcpt",
+            RCPT,
+        ]);
         assert_eq!(code, 0, "{out}{err}");
         out
     };
@@ -425,13 +397,13 @@ fn explain_shows_the_daemons_greylist_state_and_records_nothing() {
         out.contains("verdict: greylist  reply: 450 4.7.1 Greylisted"),
         "{out}"
     );
-    let (_, list, _) = cmd(&d, &["greylist", "list"]);
+    let (_, list, _) = d.cmd(&["greylist", "list"]);
     assert_eq!(list, "0 entries\n", "explain records nothing");
 
     assert!(greylisted(&d));
     let out = explain(&d);
     assert!(out.contains(&format!("{KEY} retried too early")), "{out}");
-    cmd(&d, &triplet("add"));
+    d.cmd(&triplet("add"));
     let out = explain(&d);
     assert!(out.contains(&format!("{KEY} autowhitelisted")), "{out}");
     assert!(out.contains("verdict: accept"), "{out}");
@@ -507,7 +479,7 @@ fn bad_control_requests_close_only_their_connection() {
     );
     // and the daemon serves mail and the commands as before
     assert!(greylisted(&d));
-    let (code, _, err) = cmd(&d, &["status"]);
+    let (code, _, err) = d.cmd(&["status"]);
     assert_eq!(code, 0, "{err}");
 }
 
@@ -544,7 +516,7 @@ fn unavailable_control_socket_never_stops_mail() {
     );
     let (r, _) = transaction(&d, "a@fine.example", RCPT);
     assert_eq!(r, Reply::Continue);
-    let (code, _, err) = cmd(&d, &["status"]);
+    let (code, _, err) = d.cmd(&["status"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("no mxsentry daemon answers on /nonexistent-mxsentry-dir/control.sock"),
@@ -564,7 +536,7 @@ fn a_second_daemon_leaves_the_first_ones_socket_alone() {
         "{}",
         second.log()
     );
-    let (code, out, err) = cmd(&first, &["status"]);
+    let (code, out, err) = first.cmd(&["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&format!("pid: {}\n", first.pid())),
@@ -633,10 +605,7 @@ fn measure_import_and_list_through_the_daemon() {
     let limit = n.min(100_000).to_string();
     let list = |d: &Daemon, how: &str| {
         let started = std::time::Instant::now();
-        let (code, out, err) = cmd(
-            d,
-            &["greylist", "list", "--prefix", "t:", "--limit", &limit],
-        );
+        let (code, out, err) = d.cmd(&["greylist", "list", "--prefix", "t:", "--limit", &limit]);
         let took = started.elapsed();
         assert_eq!(code, 0, "{err}");
         assert!(out.ends_with(&format!("{limit} entries\n")));

@@ -6,28 +6,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{reply_text, transaction, Daemon};
+use common::{mxsentry, reply_text, transaction, Daemon};
 use mxsentry::protocol::reply::Reply;
 
 /// Our delay is 1h; milter-greylist's tuples carry their own times. pool_by_rdns off: the
 /// test client 192.0.2.10 is FCrDNS-verified and would otherwise be keyed by its pool.
 const GREYLIST: &str = "[greylist]\nenabled = true\ndelay = \"1h\"\nretry_window = \"2d\"\n\
     autowhite = \"1d\"\nclient_autowhite_after = 0\npool_by_rdns = false\ncommit_interval = \"200ms\"\n";
-
-fn mxsentry(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxsentry"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn now() -> u64 {
     SystemTime::now()

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use common::redis_server::RedisServer;
 use common::tls::TestCa;
-use common::{free_port, reply_text, transaction, Daemon};
+use common::{free_port, mxsentry, reply_text, transaction, Daemon};
 use mxsentry::protocol::reply::Reply;
 
 fn greylist_config(redis: &str) -> String {
@@ -31,18 +31,6 @@ fn secret_file(dir: &Path, name: &str, text: &str, mode: u32) -> String {
 
 fn rcpt_reply(d: &Daemon, from: &str) -> Reply {
     transaction(d, from, "u@example.org").0
-}
-
-fn mxsentry(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxsentry"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

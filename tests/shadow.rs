@@ -6,9 +6,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::{reply_text, transaction, Client, Daemon, TEST_ZONE};
+use common::{mxsentry, reply_text, transaction, Client, Daemon, TEST_ZONE};
 use mxsentry::protocol::reply::Reply;
 use mxsentry::testing::dns_server::TestDnsServer;
 
@@ -70,27 +69,6 @@ impl Candidate {
     }
 }
 
-/// Runs the binary; (exit code, stdout, stderr).
-fn mxsentry(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxsentry"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `mxsentry <args> --config <the daemon's config>`.
-fn cmd(d: &Daemon, args: &[&str]) -> (i32, String, String) {
-    let config = d.config_path.to_str().unwrap().to_owned();
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--config", &config]);
-    mxsentry(&all)
-}
-
 fn shadow_metric(d: &Daemon, live: &str, shadow: &str) -> f64 {
     d.try_metric(&format!(
         "mxsentry_shadow_verdicts_total{{live=\"{live}\",shadow=\"{shadow}\"}}"
@@ -145,7 +123,7 @@ fn a_candidate_that_rejects_is_logged_and_counted_never_enforced() {
         d.http_get("/metrics").1
     );
 
-    let (code, out, err) = cmd(&d, &["status"]);
+    let (code, out, err) = d.cmd(&["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&format!("shadow: {}\n", cand.path.display())),
@@ -182,25 +160,22 @@ fn a_greylisting_candidate_reads_the_store_and_never_writes_it() {
     );
     let line = decision_line(&d, "news@sender.example", 2);
     assert!(line.contains("shadow=greylist"), "{line}");
-    let (code, out, err) = cmd(&d, &["greylist", "list"]);
+    let (code, out, err) = d.cmd(&["greylist", "list"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("(via the running daemon)"), "{err}");
     assert!(!out.contains("t:"), "the shadow wrote the store: {out}");
 
     // What the store holds, the candidate reads: a whitelisted triplet passes.
-    let (code, out, err) = cmd(
-        &d,
-        &[
-            "greylist",
-            "add",
-            "--client-ip",
-            "192.0.2.10",
-            "--from",
-            "news@sender.example",
-            "--rcpt",
-            "u@example.org",
-        ],
-    );
+    let (code, out, err) = d.cmd(&[
+        "greylist",
+        "add",
+        "--client-ip",
+        "192.0.2.10",
+        "--from",
+        "news@sender.example",
+        "--rcpt",
+        "u@example.org",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let (r, _) = transaction(&d, "news@sender.example", "u@example.org");
     assert_eq!(r, Reply::Continue);
@@ -226,7 +201,7 @@ fn reload_rereads_the_candidate_and_a_bad_one_keeps_both() {
     // A changed candidate takes effect at reload. (Its mode does not matter: never enforced,
     // its verdict is what its rules decide.)
     cand.write("From:other@bad.example REJECT\n", "mode = \"dry-run\"\n");
-    let (code, out, err) = cmd(&d, &["reload"]);
+    let (code, out, err) = d.cmd(&["reload"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(&format!(
@@ -248,7 +223,7 @@ fn reload_rereads_the_candidate_and_a_bad_one_keeps_both() {
         "[milter]\nhostname = \"mx.example.org\"\nbogus = 1\n",
     )
     .unwrap();
-    let (code, out, err) = cmd(&d, &["reload"]);
+    let (code, out, err) = d.cmd(&["reload"]);
     assert_eq!(code, 1, "{out}{err}");
     let at = format!("{}:3: ", cand.path.display());
     assert!(err.contains(&at) && err.contains("bogus"), "{err}");

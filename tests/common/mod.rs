@@ -75,6 +75,19 @@ fn spawn_daemon(config_path: &Path, log_path: &Path, opts: &Options) -> Child {
         .unwrap()
 }
 
+/// Runs the mxsentry binary once; (exit code, stdout, stderr).
+pub fn mxsentry(args: &[&str]) -> (i32, String, String) {
+    let out = Process::new(env!("CARGO_BIN_EXE_mxsentry"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running daemon; killed on drop.
 pub struct Daemon {
     pub dns: mxsentry::testing::dns_server::TestDnsServer,
@@ -97,6 +110,14 @@ pub fn free_port() -> u16 {
 }
 
 impl Daemon {
+    /// `mxsentry <args> --config <this daemon's config>`; (exit code, stdout, stderr).
+    pub fn cmd(&self, args: &[&str]) -> (i32, String, String) {
+        let config = self.config_path.to_str().unwrap().to_owned();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", &config]);
+        mxsentry(&all)
+    }
+
     /// Starts the daemon with `access` as its access file and `extra` appended to the config.
     pub fn start(access: &str, extra: &str) -> Daemon {
         Daemon::start_with_zone(access, extra, TEST_ZONE)
