@@ -31,7 +31,9 @@ impl Default for ControlConfig {
     }
 }
 
-/// `"off"`, or an absolute path a unix socket can be bound at.
+/// `"off"`, or a path a unix socket can be bound at. A relative path is relative to the
+/// daemon's working directory, as `greylist.path` is (a development run without root); the
+/// admin commands resolve it the same way, so run them from the same directory.
 pub(super) struct ControlSocketP;
 
 impl StrParser for ControlSocketP {
@@ -42,13 +44,13 @@ impl StrParser for ControlSocketP {
         if t.eq_ignore_ascii_case("off") {
             return Ok(None);
         }
-        if !t.starts_with('/') {
+        if t.is_empty() {
             return Err(format!(
-                "invalid control socket {s:?}: give an absolute path like \
+                "invalid control socket {s:?}: give a path like \
                  \"{DEFAULT_CONTROL_SOCKET}\", or \"off\""
             ));
         }
-        if t.ends_with('/') {
+        if t.ends_with('/') || t == "." || t == ".." || t.ends_with("/.") || t.ends_with("/..") {
             return Err(format!(
                 "invalid control socket {s:?}: names a directory, not a socket file"
             ));
@@ -84,6 +86,9 @@ mod tests {
         );
         let c = parse("[control]\nsocket = \"off\"\n").unwrap();
         assert_eq!(c.control.socket, None);
+        // Relative to the working directory, like greylist.path (the repo's milter.toml).
+        let c = parse("[control]\nsocket = \"control.sock\"\n").unwrap();
+        assert_eq!(c.control.socket.as_deref(), Some(Path::new("control.sock")));
         let c = parse("[control]\nsocket = \"/tmp/x/c.sock\"\n").unwrap();
         assert_eq!(
             c.control.socket.as_deref(),
@@ -94,7 +99,8 @@ mod tests {
     #[test]
     fn bad_sockets_are_refused_with_file_and_line() {
         for (text, needle) in [
-            ("[control]\n\nsocket = \"control.sock\"\n", "absolute path"),
+            ("[control]\n\nsocket = \"  \"\n", "give a path"),
+            ("[control]\n\nsocket = \"..\"\n", "directory"),
             ("[control]\n\nsocket = \"/run/mxsentry/\"\n", "directory"),
             ("[control]\n\nsocket = 5\n", "socket path"),
             ("[control]\n\nsokcet = \"/x\"\n", "sokcet"),

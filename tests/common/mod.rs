@@ -246,6 +246,21 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The control socket is ready (bound, mode set) a moment after the ports answer: a command run at once
+        // would otherwise open the store itself instead of asking the daemon.
+        let control = self.dir.path().join("control.sock");
+        let config = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+        if config.contains(&*control.to_string_lossy()) {
+            let settled = |log: &str| {
+                log.contains("control socket ready") || log.contains("control socket unavailable")
+            };
+            while !settled(&self.log()) {
+                if self.child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+                    break; // the caller's own assertions will say what went wrong
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     /// Starts the daemon again after it exited.
