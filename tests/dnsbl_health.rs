@@ -326,6 +326,36 @@ fn a_domain_list_without_test_blocks_with_test_name_or_with_probes_off() {
             "u@example.org",
         ],
     );
+    let json = mxsentry_out(
+        &d,
+        "explain",
+        &[
+            "--client-ip",
+            "192.0.2.10",
+            "--helo",
+            "mail.sender.test",
+            "--from",
+            "c@spam.example",
+            "--rcpt",
+            "u@example.org",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let zones: Vec<(String, String, bool)> = v["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| {
+            let s = |k: &str| z[k].as_str().unwrap_or_default().to_string();
+            (s("zone"), s("probe"), z["healthy"].as_bool().unwrap())
+        })
+        .collect();
+    assert!(
+        zones.contains(&("noprobe.test".into(), "off".into(), true))
+            && zones.contains(&("plain.test".into(), "rfc5782".into(), false)),
+        "{json}"
+    );
     for line in [
         "zone noprobe.test (rhsbl, probe off): healthy\n",
         "zone plain.test (rhsbl) unhealthy: test not listed -> its listing is log-only\n",

@@ -134,14 +134,16 @@ impl HealthBoard {
                 .find(|e| e.kind == kind && e.zone == z.zone && e.probe_off == probe_off);
             let entry = kept.cloned().unwrap_or_else(|| {
                 let e = Arc::new(ZoneEntry::new(&z.zone, kind, probe_off));
-                if enabled && probe_off {
-                    e.trust_unprobed(crate::store::unix_now());
-                }
-                if enabled {
-                    m.dnsbl_zone_healthy(&e.zone, probe_off);
+                if enabled && !probe_off {
+                    m.dnsbl_zone_healthy(&e.zone, false);
                 }
                 e
             });
+            // Also a kept one that was never judged (the checks were off until this reload).
+            if enabled && probe_off && entry.state().health == Health::Unknown {
+                entry.trust_unprobed(crate::store::unix_now());
+                m.dnsbl_zone_healthy(&entry.zone, true);
+            }
             zones.push(entry);
         }
         for gone in old

@@ -146,6 +146,14 @@ fn a_probe_off_zone_counts_from_the_start_and_is_shown_so() {
     assert!(r.counts(), "{:?}", r.distrust);
     let report = board.report();
     assert!(report[0].probe_off && report[0].state.health.is_healthy());
+    // With the checks off nothing is judged; turned on by a reload, it counts at once.
+    let board = HealthBoard::new(&DnsblConfig {
+        health_check_interval: std::time::Duration::ZERO,
+        ..probe_off(&["np.test"])
+    });
+    board.reconcile(&probe_off(&["np.test"]));
+    assert!(board.report()[0].state.health.is_healthy());
+    assert!(observed(&board, "np.test", 1, 0).counts());
     // Switching it to probes makes it wait for one, like any new zone.
     board.reconcile(&config(60, &["np.test"]));
     assert!(!observed(&board, "np.test", 2, 1).counts());
