@@ -187,6 +187,7 @@ impl Explanation {
                 "zone": z.zone,
                 "list": z.kind.check_name(),
                 "healthy": z.state.health.is_healthy(),
+                "probe": if z.probe_off { "off" } else { "rfc5782" },
                 "reason": z.state.health.distrust_reason(),
             })).collect::<Vec<_>>(),
         })
@@ -194,9 +195,13 @@ impl Explanation {
     }
 }
 
-/// `zone X (dnsbl): healthy` or `zone X (dnsbl) unhealthy: REASON -> its listing is log-only`.
+/// `zone X (dnsbl): healthy` or `zone X (dnsbl) unhealthy: REASON -> its listing is log-only`;
+/// `(dnsbl, probe off)` for a zone with `health_check = "off"`.
 fn zone_line(z: &ZoneReport) -> String {
-    let list = z.kind.check_name();
+    let list = match z.probe_off {
+        true => format!("{}, probe off", z.kind.check_name()),
+        false => z.kind.check_name().to_string(),
+    };
     match &z.state.health {
         Health::Healthy => format!("zone {} ({list}): healthy", z.zone),
         Health::Unknown => format!(

@@ -236,3 +236,164 @@ fn first_probe_runs_at_start_and_a_reload_probes_new_zones_at_once() {
         "550 5.7.1 Mail from 192.0.2.100 refused, listed in good.test"
     );
 }
+
+/// Runs `mxsentry ARGS --config CONFIG`, expects exit 0, returns stdout.
+fn mxsentry_out(d: &Daemon, cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxsentry"))
+        .args([cmd, "--config"])
+        .arg(&d.config_path)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Domain lists that publish no `test` entry: one probed at its own `test_name`, one with
+/// `health_check = "off"`, and the same data left to the RFC 5782 probe (never trusted).
+#[test]
+fn a_domain_list_without_test_blocks_with_test_name_or_with_probes_off() {
+    let zone = format!(
+        "{CLIENTS}\
+         dbltest.com.named.test A 127.0.1.2\nspam.example.named.test A 127.0.1.2\n\
+         spam.example.noprobe.test A 127.0.1.2\n\
+         spam.example.plain.test A 127.0.1.2\n"
+    );
+    let config = "[dnsbl]\nhealth_check_interval = \"1s\"\n\
+        [[dnsbl.domain_zones]]\nzone = \"named.test\"\ntest_name = \"dbltest.com\"\n\
+        [[dnsbl.domain_zones]]\nzone = \"noprobe.test\"\nhealth_check = \"off\"\n\
+        [[dnsbl.domain_zones]]\nzone = \"plain.test\"\n";
+    let d = Daemon::start_with_zone("", config, &zone);
+    d.wait_metric(&healthy_metric("named.test"), 1.0);
+    d.wait_metric(&healthy_metric("noprobe.test"), 1.0);
+    d.wait_log("DNS list zone health: named.test unknown (not yet probed) -> healthy");
+    d.wait_log("DNS list zone health: noprobe.test probe off (health_check = \"off\") -> healthy");
+    d.wait_log(
+        "DNS list zone health: plain.test unknown (not yet probed) -> unhealthy: test not listed",
+    );
+
+    assert_eq!(
+        reply_text(&session(&d, "192.0.2.10", "a@spam.example")),
+        "550 5.7.1 Sender domain spam.example refused, listed in named.test"
+    );
+    let mut config = std::fs::read_to_string(&d.config_path).unwrap();
+    config = config.replace(
+        "zone = \"named.test\"\ntest_name = \"dbltest.com\"\n",
+        "zone = \"other.test\"\n",
+    );
+    std::fs::write(&d.config_path, config).unwrap();
+    mxsentry_out(&d, "reload", &[]);
+    d.wait_log(
+        "DNS list zone health: other.test unknown (not yet probed) -> unhealthy: test not listed",
+    );
+    // Only the probe-off zone is left to block spam.example, which it does.
+    assert_eq!(
+        reply_text(&session(&d, "192.0.2.10", "b@spam.example")),
+        "550 5.7.1 Sender domain spam.example refused, listed in noprobe.test"
+    );
+    let log = d.wait_log("from=<b@spam.example>");
+    assert!(log.contains("rhsbl.untrusted(plain.test: "), "{log}");
+    // The probe-off zone was never asked for a test point.
+    assert_eq!(d.dns.queries_for("test.noprobe.test"), 0);
+    assert_eq!(d.dns.queries_for("invalid.noprobe.test"), 0);
+    assert!(d.dns.queries_for("dbltest.com.named.test") >= 1);
+
+    let status = mxsentry_out(&d, "status", &[]);
+    assert!(
+        status.contains("dnsbl zone noprobe.test: healthy (probe off) since "),
+        "{status}"
+    );
+    assert!(
+        status.contains("dnsbl zone plain.test: UNHEALTHY since "),
+        "{status}"
+    );
+    let explain = mxsentry_out(
+        &d,
+        "explain",
+        &[
+            "--client-ip",
+            "192.0.2.10",
+            "--helo",
+            "mail.sender.test",
+            "--from",
+            "c@spam.example",
+            "--rcpt",
+            "u@example.org",
+        ],
+    );
+    let json = mxsentry_out(
+        &d,
+        "explain",
+        &[
+            "--client-ip",
+            "192.0.2.10",
+            "--helo",
+            "mail.sender.test",
+            "--from",
+            "c@spam.example",
+            "--rcpt",
+            "u@example.org",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let zones: Vec<(String, String, bool)> = v["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| {
+            let s = |k: &str| z[k].as_str().unwrap_or_default().to_string();
+            (s("zone"), s("probe"), z["healthy"].as_bool().unwrap())
+        })
+        .collect();
+    assert!(
+        zones.contains(&("noprobe.test".into(), "off".into(), true))
+            && zones.contains(&("plain.test".into(), "rfc5782".into(), false)),
+        "{json}"
+    );
+    for line in [
+        "zone noprobe.test (rhsbl, probe off): healthy\n",
+        "zone plain.test (rhsbl) unhealthy: test not listed -> its listing is log-only\n",
+        "verdict: reject",
+    ] {
+        assert!(explain.contains(line), "{line:?} missing:\n{explain}");
+    }
+}
+
+/// A retired list turned wildcard, configured with probes off: it blocks everyone until the
+/// listing-rate guard sees it list nearly every distinct client, then its listings are
+/// log-only.
+#[test]
+fn a_wildcard_zone_with_probes_off_is_still_caught_by_the_listing_rate() {
+    let zone = format!("{CLIENTS}{}", wildcard("wild.test"));
+    let config = "[dnsbl]\nhealth_check_interval = \"1s\"\n\
+        [[dnsbl.zones]]\nzone = \"wild.test\"\nhealth_check = \"off\"\n";
+    let d = Daemon::start_with_zone("", config, &zone);
+    d.wait_metric(&healthy_metric("wild.test"), 1.0);
+    // Distinct clients (the window keeps a few less: it is a hashed table), all refused while
+    // the zone is trusted; the guard needs 50 of them.
+    let mut refused = 0;
+    for n in 0..100 {
+        let ip = format!("198.51.{}.{}", n / 250, n % 250 + 1);
+        if session(&d, &ip, "x@sender.test") != Reply::Continue {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "a trusted wildcard refuses");
+    d.wait_metric(&healthy_metric("wild.test"), 0.0);
+    println!("probe-off wildcard: {refused} of 100 distinct clients refused before the rate guard tripped (health_check_interval 1s)");
+    let log = d.wait_log("DNS list zone health: wild.test healthy -> unhealthy: listed 100% of ");
+    assert!(log.contains(" distinct clients in 10m"), "{log}");
+    assert_eq!(
+        session(&d, "192.0.2.10", "clean@sender.test"),
+        Reply::Continue
+    );
+    let log = d.wait_log("from=<clean@sender.test>");
+    assert!(log.contains("dnsbl.untrusted(wild.test: "), "{log}");
+    assert_eq!(d.dns.queries_for("2.0.0.127.wild.test"), 0, "never probed");
+}

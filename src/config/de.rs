@@ -160,6 +160,12 @@ parser!(IpAddrP, IpAddr, "an IP address", |s: &str| s
     .map_err(|_| format!("invalid IP address {s:?}")));
 parser!(DnsNameP, String, "a DNS name", values::check_dns_name);
 parser!(
+    TestAddressP,
+    std::net::Ipv4Addr,
+    "an IPv4 test address in 127.0.0.0/8",
+    values::parse_test_address
+);
+parser!(
     OctalModeP,
     u32,
     "an octal mode string like \"0660\"",

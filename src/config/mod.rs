@@ -29,9 +29,9 @@ pub use de::MIN_MAX_FRAME;
 pub use duration::{format_duration, parse_duration};
 pub use listen::ListenSpec;
 pub use sections::{
-    Action, DnsConfig, DnsblConfig, DnsblZone, GreetingConfig, GreylistConfig, HeloConfig,
-    LogConfig, LogFormat, MetricsConfig, MilterConfig, Mode, OverflowAction, RdnsConfig, RegexRule,
-    SenderRulesConfig, StoreKind, TempFailureAction, TrustedConfig,
+    Action, DnsConfig, DnsblConfig, DnsblZone, GreetingConfig, GreylistConfig, HealthCheck,
+    HeloConfig, LogConfig, LogFormat, MetricsConfig, MilterConfig, Mode, OverflowAction,
+    RdnsConfig, RegexRule, SenderRulesConfig, StoreKind, TempFailureAction, TrustedConfig,
 };
 pub use shadow::ShadowConfig;
 pub use values::{is_listing_answer, ReturnCode};
@@ -225,6 +225,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_zone_probes(text, path)?;
         let g = &self.greylist;
         if g.delay >= g.retry_window {
             return Err(error(
@@ -298,6 +299,93 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// `test_name` belongs to domain lists, `test_address` to IP lists, and neither to a list
+    /// whose `health_check` is `"off"` (nothing would probe it).
+    fn validate_zone_probes(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let sections = [
+            ("dnsbl.zones", &self.dnsbl.zones, false),
+            ("dnsbl.domain_zones", &self.dnsbl.domain_zones, true),
+            ("dnsbl.allow_zones", &self.dnsbl.allow_zones, false),
+        ];
+        for (section, zones, domain) in sections {
+            for (index, zone) in zones.iter().enumerate() {
+                let at = |key| ConfigError {
+                    file: path.to_path_buf(),
+                    line: table_key_line(text, section, index, key),
+                    reason: String::new(),
+                };
+                let wrong = match (zone.test_name.is_some(), zone.test_address.is_some()) {
+                    (true, _) if !domain => {
+                        Some(("test_name", "an IP list is probed at test_address"))
+                    }
+                    (_, true) if domain => {
+                        Some(("test_address", "a domain list is probed at test_name"))
+                    }
+                    _ => None,
+                };
+                if let Some((key, why)) = wrong {
+                    return Err(ConfigError {
+                        reason: format!(
+                            "[[{section}]] {}: {key} is not used here: {why}",
+                            zone.zone
+                        ),
+                        ..at(key)
+                    });
+                }
+                let key = if zone.test_name.is_some() {
+                    "test_name"
+                } else {
+                    "test_address"
+                };
+                if zone.health_check == HealthCheck::Off
+                    && (zone.test_name.is_some() || zone.test_address.is_some())
+                {
+                    return Err(ConfigError {
+                        reason: format!(
+                            "[[{section}]] {}: {key} is not used with health_check = \"off\" \
+                             (nothing is probed): remove one of them",
+                            zone.zone
+                        ),
+                        ..at(key)
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The line of `key = ...` in the `index`th (0-based) `[[section]]` table of `text`.
+fn table_key_line(text: &str, section: &str, index: usize, key: &str) -> Option<usize> {
+    let mut seen = 0;
+    let mut inside = false;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            let header: String = line
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            inside = line.starts_with("[[") && header == section && {
+                seen += 1;
+                seen == index + 1
+            };
+        } else if inside {
+            if let Some(rest) = line.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(n + 1);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The 1-based line holding byte `offset` of `text`.

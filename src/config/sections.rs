@@ -458,6 +458,29 @@ pub struct DnsblZone {
     /// the threshold. Default: ignore.
     #[serde(default = "ignore")]
     pub temp_failure: TempFailureAction,
+    /// Zone health for this list: `"rfc5782"` probes its RFC 5782 test points every
+    /// `health_check_interval`; `"off"` trusts it without probes (for lists that publish no
+    /// test entries), the listing-rate and answer guards still apply. Default: rfc5782.
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    /// Domain lists: the name probed in place of `test`, for a list that publishes another
+    /// test entry. Default: `test`.
+    #[serde(default, deserialize_with = "de::opt::<_, de::DnsNameP>")]
+    pub test_name: Option<String>,
+    /// IP lists: the address probed in place of 127.0.0.2. Default: 127.0.0.2.
+    #[serde(default, deserialize_with = "de::opt::<_, de::TestAddressP>")]
+    pub test_address: Option<Ipv4Addr>,
+}
+
+/// `health_check` of a DNS list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// `"rfc5782"`: probed; listings count once a probe passed.
+    #[default]
+    Rfc5782,
+    /// `"off"`: no probes; trusted unless the listing-rate or answer guards trip.
+    Off,
 }
 
 fn ignore() -> TempFailureAction {
@@ -477,6 +500,9 @@ impl Default for DnsblZone {
             message: None,
             timeout: None,
             temp_failure: TempFailureAction::Ignore,
+            health_check: HealthCheck::Rfc5782,
+            test_name: None,
+            test_address: None,
         }
     }
 }

@@ -431,6 +431,65 @@ fn dnsbl_zone_checks() {
 }
 
 #[test]
+fn zone_health_probe_settings() {
+    let c = parse(
+        "[[dnsbl.zones]]\nzone = \"a.example\"\n\
+         [[dnsbl.zones]]\nzone = \"b.example\"\nhealth_check = \"off\"\n\
+         [[dnsbl.zones]]\nzone = \"c.example\"\ntest_address = \"127.0.0.4\"\n\
+         [[dnsbl.domain_zones]]\nzone = \"d.example\"\ntest_name = \"DBLtest.com\"\n",
+    )
+    .unwrap();
+    let z = &c.dnsbl.zones;
+    assert_eq!(z[0].health_check, HealthCheck::Rfc5782);
+    assert_eq!(z[1].health_check, HealthCheck::Off);
+    assert_eq!(z[2].test_address, Some("127.0.0.4".parse().unwrap()));
+    assert_eq!(
+        c.dnsbl.domain_zones[0].test_name.as_deref(),
+        Some("dbltest.com")
+    );
+    error_at(
+        "[[dnsbl.zones]]\nzone = \"a.example\"\nhealth_check = \"never\"\n",
+        3,
+        "unknown variant `never`, expected `rfc5782` or `off`",
+    );
+    error_at(
+        "[[dnsbl.domain_zones]]\nzone = \"d.example\"\ntest_name = \"bad name\"\n",
+        3,
+        "invalid DNS name",
+    );
+    for (address, why) in [
+        ("127.0.0.1", "127.0.0.1 is the address a list must not list"),
+        (
+            "127.255.255.2",
+            "must be in 127.0.0.0/8 and outside 127.255.255.0/24",
+        ),
+        ("10.0.0.2", "must be in 127.0.0.0/8"),
+        ("test", "not an IPv4 address"),
+    ] {
+        let text = format!("[[dnsbl.zones]]\nzone = \"a.example\"\ntest_address = \"{address}\"\n");
+        error_at(&text, 3, why);
+    }
+    // The second zone of its kind is named, at its own line.
+    error_at(
+        "[[dnsbl.zones]]\nzone = \"a.example\"\n[[dnsbl.zones]]\nzone = \"b.example\"\n\
+         test_name = \"test.example\"\n",
+        5,
+        "[[dnsbl.zones]] b.example: test_name is not used here: an IP list is probed at test_address",
+    );
+    error_at(
+        "[[dnsbl.domain_zones]]\nzone = \"d.example\"\ntest_address = \"127.0.0.2\"\n",
+        3,
+        "test_address is not used here: a domain list is probed at test_name",
+    );
+    error_at(
+        "[[dnsbl.allow_zones]]\nzone = \"w.example\"\nhealth_check = \"off\"\n\
+         test_address = \"127.0.0.2\"\n",
+        4,
+        "[[dnsbl.allow_zones]] w.example: test_address is not used with health_check = \"off\"",
+    );
+}
+
+#[test]
 fn prefix_and_frame_ranges_name_their_line() {
     error_at(
         "[greylist]\nipv4_prefix = 33\n",

@@ -175,6 +175,26 @@ pub fn check_dns_name(s: &str) -> Result<String, String> {
 }
 
 /// Parses a network (`"10.0.0.0/8"`) or a bare address (as /32 or /128).
+/// A DNS list's RFC 5782 test address (`test_address`): a listing answer that is not
+/// 127.0.0.1, which every list must leave unlisted.
+pub fn parse_test_address(s: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid test address {s:?}: not an IPv4 address"))?;
+    if ip == Ipv4Addr::new(127, 0, 0, 1) {
+        return Err(format!(
+            "invalid test address {s:?}: 127.0.0.1 is the address a list must not list"
+        ));
+    }
+    if !is_listing_answer(ip) {
+        return Err(format!(
+            "invalid test address {s:?}: must be in 127.0.0.0/8 and outside 127.255.255.0/24"
+        ));
+    }
+    Ok(ip)
+}
+
 pub fn parse_network(s: &str) -> Result<IpNet, String> {
     let text = s.trim();
     let parsed = if text.contains('/') {

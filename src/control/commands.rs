@@ -188,7 +188,12 @@ pub fn format_status(s: &Status) -> String {
         }
         Some(zones) => {
             for z in zones {
-                let state = if z.healthy { "healthy" } else { "UNHEALTHY" };
+                let state = match (z.healthy, z.probe_off) {
+                    (true, false) => "healthy",
+                    (true, true) => "healthy (probe off)",
+                    (false, false) => "UNHEALTHY",
+                    (false, true) => "UNHEALTHY (probe off)",
+                };
                 let since = z
                     .since
                     .map(|t| format!(" since {}", when(t, s.now)))
@@ -271,12 +276,22 @@ mod tests {
             message: "/etc/mxsentry/access:3: bad action".into(),
         });
         s.store = None;
-        s.dnsbl_zones = Some(vec![ZoneHealth {
-            zone: "bl.example".into(),
-            healthy: false,
-            since: Some(s.now - 60),
-            reason: Some("lists 127.0.0.1".into()),
-        }]);
+        s.dnsbl_zones = Some(vec![
+            ZoneHealth {
+                zone: "bl.example".into(),
+                healthy: false,
+                since: Some(s.now - 60),
+                reason: Some("lists 127.0.0.1".into()),
+                probe_off: false,
+            },
+            ZoneHealth {
+                zone: "dbl.example".into(),
+                healthy: true,
+                since: Some(s.now - 60),
+                reason: None,
+                probe_off: true,
+            },
+        ]);
         let text = format_status(&s);
         assert!(
             text.contains("last reload: failed ")
@@ -290,6 +305,10 @@ mod tests {
         assert!(
             text.contains("dnsbl zone bl.example: UNHEALTHY since ")
                 && text.contains("lists 127.0.0.1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dnsbl zone dbl.example: healthy (probe off) since "),
             "{text}"
         );
     }

@@ -205,6 +205,9 @@ pub struct ZoneHealth {
     pub since: Option<u64>,
     /// Why it is unhealthy.
     pub reason: Option<String>,
+    /// `health_check = "off"`: trusted without probes (absent from older daemons).
+    #[serde(default)]
+    pub probe_off: bool,
 }
 
 /// A request line: the JSON and a newline.

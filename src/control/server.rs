@@ -396,6 +396,7 @@ fn zone_health(board: &crate::checks::dnsbl::board::HealthBoard) -> Option<Vec<Z
             Health::Unhealthy(r) => Some(format!("{r}: listings are log-only")),
         },
         zone: z.zone,
+        probe_off: z.probe_off,
     });
     Some(zones.collect())
 }

@@ -27,10 +27,10 @@ impl Policy {
             findings.extend(z.findings());
             outcome.allow_listed = true;
         } else {
-            // A listing by an allow list that is not trusted (zone health) vouches for nobody;
-            // it is shown, with the reason.
-            let untrusted = r.allow_lists.iter().filter(|z| z.is_listed());
-            findings.extend(untrusted.flat_map(|z| z.findings()));
+            // Every allow list's answer is shown, like the block lists' (and carried as
+            // evidence, so replay need not ask again): not listed, failed, or a listing by a
+            // zone that is not trusted (zone health), which vouches for nobody.
+            findings.extend(dnsbl::findings(r.allow_lists));
         }
 
         // PTR / FCrDNS. A failed lookup refuses only as far as the rDNS actions could have.

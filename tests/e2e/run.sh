@@ -10,7 +10,7 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"      # (picks a free port set: E2E_PORT_OFFSET)
 T0=$SECONDS
 TOTAL_PASS=0; TOTAL_FAIL=0
-SUITES="${E2E_SUITES:-cli miltertest postfix postfix_dns postfix_health postfix_greylist postfix_control postfix_overflow postfix_shadow sendmail}"
+SUITES="${E2E_SUITES:-cli miltertest postfix postfix_dns postfix_health postfix_greylist postfix_control postfix_overflow postfix_shadow postfix_replay sendmail}"
 
 fatal() { echo "FAIL - $*"; echo "e2e: aborted"; echo "0 passed, 1 failed"; exit 1; }
 
@@ -61,7 +61,7 @@ needs() {   # needs SUITE -> components it uses
   case "$1" in
     cli) echo "" ;;
     miltertest) echo "dns daemon" ;;
-    postfix|postfix_dns|postfix_health|postfix_greylist|postfix_control|postfix_overflow|postfix_shadow) echo "dns daemon postfix" ;;
+    postfix|postfix_dns|postfix_health|postfix_greylist|postfix_control|postfix_overflow|postfix_shadow|postfix_replay) echo "dns daemon postfix" ;;
     sendmail) echo "dns daemon sendmail" ;;
   esac
 }

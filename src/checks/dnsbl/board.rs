@@ -10,32 +10,81 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::health::{Health, ListingWindow, ProbeVerdict, ZoneState};
 use super::{ZoneKind, ZoneOutcome, ZoneResult};
-use crate::config::DnsblConfig;
+use crate::config::{DnsblConfig, HealthCheck};
 
 /// One zone's live state.
 #[derive(Debug)]
 pub struct ZoneEntry {
     pub zone: String,
     pub kind: ZoneKind,
+    /// `health_check = "off"`: never probed, trusted from the start; each round judges only
+    /// its listing rate and the answers the sessions saw ([`Self::bad_answer`]).
+    pub probe_off: bool,
     /// Mirrors `state.health == Healthy`, read without a lock on every lookup.
     trusted: AtomicBool,
     state: Mutex<ZoneState>,
     window: Mutex<ListingWindow>,
+    /// A probe-off zone's first refusal (127.255.255.x) or non-127/8 answer since the last
+    /// round: what a probe would have caught.
+    bad_answer: Mutex<Option<String>>,
 }
 
 impl ZoneEntry {
-    fn new(zone: &str, kind: ZoneKind) -> ZoneEntry {
+    fn new(zone: &str, kind: ZoneKind, probe_off: bool) -> ZoneEntry {
         ZoneEntry {
             zone: zone.to_string(),
             kind,
+            probe_off,
             trusted: AtomicBool::new(false),
             state: Mutex::new(ZoneState::default()),
             window: Mutex::new(ListingWindow::default()),
+            bad_answer: Mutex::new(None),
+        }
+    }
+
+    /// Takes the bad answer a probe-off zone gave since the last round.
+    pub fn take_bad_answer(&self) -> Option<String> {
+        self.bad_answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn note_bad_answer(&self, result: &ZoneResult) {
+        let reason = match result.outcome {
+            ZoneOutcome::Refused(code) => Some(format!("answer {code} (refused by the list)")),
+            _ => result
+                .answers
+                .iter()
+                .find(|a| a.octets()[0] != 127)
+                .map(|a| format!("answer {a} outside 127.0.0.0/8 (wildcard or squatted domain)")),
+        };
+        if let Some(reason) = reason {
+            let mut bad = self.bad_answer.lock().unwrap_or_else(|e| e.into_inner());
+            bad.get_or_insert(reason);
         }
     }
 
     pub fn state(&self) -> ZoneState {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl ZoneEntry {
+    /// A probe-off zone is healthy from the start (logged once).
+    fn trust_unprobed(&self, now: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.health = Health::Healthy;
+        state.since = Some(now);
+        drop(state);
+        self.trusted.store(true, Ordering::Relaxed);
+        tracing::info!(
+            zone = %self.zone,
+            list = self.kind.check_name(),
+            "DNS list zone health: {} probe off (health_check = \"off\") -> healthy; its \
+             listings count unless it lists nearly every client or gives refusal answers",
+            self.zone
+        );
     }
 }
 
@@ -45,6 +94,8 @@ pub struct ZoneReport {
     pub zone: String,
     pub kind: ZoneKind,
     pub state: ZoneState,
+    /// `health_check = "off"`.
+    pub probe_off: bool,
 }
 
 /// Every configured zone's health; survives reloads (zones still configured keep their state).
@@ -76,14 +127,23 @@ impl HealthBoard {
         let mut zones = self.zones.write().unwrap_or_else(|e| e.into_inner());
         let old = std::mem::take(&mut *zones);
         for (kind, z) in configured(config) {
-            let kept = old.iter().find(|e| e.kind == kind && e.zone == z.zone);
+            let probe_off = z.health_check == HealthCheck::Off;
+            // A zone whose health_check changed starts afresh: trust comes from its new mode.
+            let kept = old
+                .iter()
+                .find(|e| e.kind == kind && e.zone == z.zone && e.probe_off == probe_off);
             let entry = kept.cloned().unwrap_or_else(|| {
-                let e = Arc::new(ZoneEntry::new(&z.zone, kind));
-                if enabled {
+                let e = Arc::new(ZoneEntry::new(&z.zone, kind, probe_off));
+                if enabled && !probe_off {
                     m.dnsbl_zone_healthy(&e.zone, false);
                 }
                 e
             });
+            // Also a kept one that was never judged (the checks were off until this reload).
+            if enabled && probe_off && entry.state().health == Health::Unknown {
+                entry.trust_unprobed(crate::store::unix_now());
+                m.dnsbl_zone_healthy(&entry.zone, true);
+            }
             zones.push(entry);
         }
         for gone in old
@@ -128,6 +188,9 @@ impl HealthBoard {
         else {
             return;
         };
+        if entry.probe_off {
+            entry.note_bad_answer(result);
+        }
         let listed = match result.outcome {
             ZoneOutcome::Listed { .. } => true,
             ZoneOutcome::NotListed => false,
@@ -194,6 +257,7 @@ impl HealthBoard {
                 zone: e.zone.clone(),
                 kind: e.kind,
                 state: e.state(),
+                probe_off: e.probe_off,
             })
             .collect()
     }

@@ -130,3 +130,84 @@ fn observe_cost() {
     let per = start.elapsed().as_nanos() as f64 / (rounds as f64 * results.len() as f64);
     println!("HealthBoard::observe: {per:.0} ns per zone answer (5 zones, healthy)");
 }
+
+fn probe_off(zones: &[&str]) -> DnsblConfig {
+    let mut c = config(60, zones);
+    for z in &mut c.zones {
+        z.health_check = crate::config::HealthCheck::Off;
+    }
+    c
+}
+
+#[test]
+fn a_probe_off_zone_counts_from_the_start_and_is_shown_so() {
+    let board = HealthBoard::new(&probe_off(&["np.test"]));
+    let r = observed(&board, "np.test", 1, 0);
+    assert!(r.counts(), "{:?}", r.distrust);
+    let report = board.report();
+    assert!(report[0].probe_off && report[0].state.health.is_healthy());
+    // With the checks off nothing is judged; turned on by a reload, it counts at once.
+    let board = HealthBoard::new(&DnsblConfig {
+        health_check_interval: std::time::Duration::ZERO,
+        ..probe_off(&["np.test"])
+    });
+    board.reconcile(&probe_off(&["np.test"]));
+    assert!(board.report()[0].state.health.is_healthy());
+    assert!(observed(&board, "np.test", 1, 0).counts());
+    // Switching it to probes makes it wait for one, like any new zone.
+    board.reconcile(&config(60, &["np.test"]));
+    assert!(!observed(&board, "np.test", 2, 1).counts());
+    assert!(!board.report()[0].probe_off);
+}
+
+#[test]
+fn a_probe_off_zone_is_still_caught_by_the_listing_rate_and_bad_answers() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = probe_off(&["all.test"]);
+    let board = HealthBoard::new(&config);
+    // Rounds send no query: the resolver points at a closed port and is never asked.
+    let dns = crate::dns::Dns::new(&crate::config::DnsConfig {
+        nameservers: vec!["127.0.0.1:9".parse().unwrap()],
+        ..crate::config::DnsConfig::default()
+    })
+    .unwrap();
+    let e = board.entry(ZoneKind::Ip, "all.test").unwrap();
+    rt.block_on(crate::checks::dnsbl::probe::probe_round(
+        &board, &dns, &config,
+    ));
+    assert!(e.state().health.is_healthy());
+    let now = crate::store::unix_now();
+    for client in 0..300 {
+        observed(&board, "all.test", client, now);
+    }
+    rt.block_on(crate::checks::dnsbl::probe::probe_round(
+        &board, &dns, &config,
+    ));
+    match e.state().health {
+        Health::Unhealthy(r) => assert!(r.starts_with("listed 100% of "), "{r}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A refusal answer seen by a session trips a fresh probe-off zone at the next round, and
+    // a round without one trusts it again.
+    let config = probe_off(&["refusing.test"]);
+    let board = HealthBoard::new(&config);
+    let mut refused = listed_result("refusing.test", 1);
+    refused.outcome = ZoneOutcome::Refused(std::net::Ipv4Addr::new(127, 255, 255, 254));
+    board.observe(&mut refused, now);
+    rt.block_on(crate::checks::dnsbl::probe::probe_round(
+        &board, &dns, &config,
+    ));
+    let e = board.entry(ZoneKind::Ip, "refusing.test").unwrap();
+    assert_eq!(
+        e.state().health,
+        Health::Unhealthy("answer 127.255.255.254 (refused by the list)".into())
+    );
+    rt.block_on(crate::checks::dnsbl::probe::probe_round(
+        &board, &dns, &config,
+    ));
+    assert!(e.state().health.is_healthy());
+}

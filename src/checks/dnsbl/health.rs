@@ -84,8 +84,8 @@ pub type TestAnswer = Result<Vec<Ipv4Addr>, DnsError>;
 /// A test point and whether the zone must list it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestPoint {
-    /// `127.0.0.2`, `::ffff:7f00:1`, `test`, ...
-    pub label: &'static str,
+    /// `127.0.0.2`, `::ffff:7f00:1`, `test`, ... (or the zone's `test_name`/`test_address`).
+    pub label: String,
     pub must_list: bool,
     /// An IPv6 test point: a zone that does not list IPv6 at all answers NXDOMAIN for both, so
     /// a missing listing there is neutral (only a listing that must not be is a failure).

@@ -2,6 +2,7 @@ use super::*;
 
 use crate::checks::dnsbl::probe::test_points;
 use crate::checks::dnsbl::ZoneKind;
+use crate::config::DnsblZone;
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
@@ -10,7 +11,9 @@ fn ip(s: &str) -> Ipv4Addr {
 /// The answers of an IP zone's test points, in `test_points` order: 127.0.0.2, 127.0.0.1,
 /// ::ffff:7f00:2, ::ffff:7f00:1.
 fn ip_zone(answers: [TestAnswer; 4]) -> ProbeVerdict {
-    let points = test_points(ZoneKind::Ip).into_iter().map(|(p, _)| p);
+    let points = test_points(&DnsblZone::default(), ZoneKind::Ip)
+        .into_iter()
+        .map(|(p, _)| p);
     judge_probe(&points.zip(answers).collect::<Vec<_>>())
 }
 
@@ -94,7 +97,9 @@ fn a_silent_zone_gives_no_verdict() {
 #[test]
 fn domain_zones_use_test_and_invalid() {
     let judge = |test: TestAnswer, invalid: TestAnswer| {
-        let points = test_points(ZoneKind::Domain).into_iter().map(|(p, _)| p);
+        let points = test_points(&DnsblZone::default(), ZoneKind::Domain)
+            .into_iter()
+            .map(|(p, _)| p);
         judge_probe(&points.zip([test, invalid]).collect::<Vec<_>>())
     };
     assert_eq!(judge(listed("127.0.1.2"), nx()), ProbeVerdict::Pass);
@@ -238,4 +243,46 @@ fn listing_window_tolerates_a_spam_heavy_mix() {
         w.record(&n, false, 5_001);
     }
     assert_eq!(w.overlisting(5_001), None, "{:?}", w.counts(5_001));
+}
+
+#[test]
+fn a_zone_can_name_its_own_listed_test_point() {
+    let domain = DnsblZone {
+        zone: "dbl.example".into(),
+        test_name: Some("dbltest.com".into()),
+        ..DnsblZone::default()
+    };
+    let points = test_points(&domain, ZoneKind::Domain);
+    let names: Vec<(&str, bool, &str)> = points
+        .iter()
+        .map(|(p, q)| (p.label.as_str(), p.must_list, q.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("dbltest.com", true, "dbltest.com"),
+            ("invalid", false, "invalid")
+        ]
+    );
+    let judged: Vec<_> = points
+        .into_iter()
+        .map(|(p, _)| p)
+        .zip([nx(), nx()])
+        .collect();
+    assert_eq!(judge_probe(&judged), fail("dbltest.com not listed"));
+
+    let ip_list = DnsblZone {
+        zone: "bl.example".into(),
+        test_address: Some(ip("127.0.0.4")),
+        ..DnsblZone::default()
+    };
+    let points = test_points(&ip_list, ZoneKind::Ip);
+    assert_eq!(
+        (points[0].0.label.as_str(), points[0].1.as_str()),
+        ("127.0.0.4", "4.0.0.127")
+    );
+    assert_eq!(
+        points[1].1, "1.0.0.127",
+        "127.0.0.1 must still not be listed"
+    );
 }

@@ -10,36 +10,44 @@
 //! and timeout) with no cache, so every round asks the name servers afresh; the task runs
 //! beside the sessions and never delays one.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::board::{configured, HealthBoard};
 use super::health::{judge_probe, ProbeVerdict, TestAnswer, TestPoint};
 use super::{join_all, ZoneKind};
-use crate::config::{Config, DnsConfig, DnsblConfig, DnsblZone};
+use crate::config::{Config, DnsConfig, DnsblConfig, DnsblZone, HealthCheck};
 use crate::dns::{reversed_ip, Dns, DnsError};
 
-/// The test points of a kind of zone, with the name to prepend to the zone.
-pub fn test_points(kind: ZoneKind) -> Vec<(TestPoint, String)> {
-    let point = |label, must_list, optional| TestPoint {
-        label,
+/// The test points of a zone of a kind, with the name to prepend to the zone: RFC 5782's, or
+/// the zone's `test_name` (domain lists) / `test_address` (IP lists) as the point it must list.
+pub fn test_points(zone: &DnsblZone, kind: ZoneKind) -> Vec<(TestPoint, String)> {
+    let point = |label: &str, must_list, optional| TestPoint {
+        label: label.to_string(),
         must_list,
         optional,
     };
     match kind {
-        ZoneKind::Domain => vec![
-            (point("test", true, false), "test".into()),
-            (point("invalid", false, false), "invalid".into()),
-        ],
+        ZoneKind::Domain => {
+            let listed = zone.test_name.as_deref().unwrap_or("test");
+            vec![
+                (point(listed, true, false), listed.into()),
+                (point("invalid", false, false), "invalid".into()),
+            ]
+        }
         ZoneKind::Ip | ZoneKind::Allow => {
             // Nibble form of the mapped address itself: `reversed_ip` would fold it to IPv4.
             let v6 = |last: u16| {
                 let ip = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0x7f00, last);
                 nibbles(ip)
             };
+            let listed = zone.test_address.unwrap_or(Ipv4Addr::new(127, 0, 0, 2));
             vec![
-                (point("127.0.0.2", true, false), "2.0.0.127".into()),
+                (
+                    point(&listed.to_string(), true, false),
+                    reversed_ip(IpAddr::V4(listed)),
+                ),
                 (point("127.0.0.1", false, false), "1.0.0.127".into()),
                 (point("::ffff:7f00:2", true, true), v6(2)),
                 (point("::ffff:7f00:1", false, true), v6(1)),
@@ -63,7 +71,7 @@ fn nibbles(ip: Ipv6Addr) -> String {
 
 /// Probes one zone's test points (all at once) and judges the answers.
 pub async fn probe_zone(dns: &Dns, zone: &DnsblZone, kind: ZoneKind) -> ProbeVerdict {
-    let points = test_points(kind);
+    let points = test_points(zone, kind);
     let answers = join_all(points.iter().map(|(_, prefix)| async move {
         let query = format!("{prefix}.{}", zone.zone);
         let lookup = dns.ipv4(&query);
@@ -92,18 +100,25 @@ pub fn probe_resolver(dns: &DnsConfig) -> Result<Dns, String> {
     })
 }
 
-/// One round: probes every configured zone at once and applies the verdicts.
+/// One round: probes every configured zone at once and applies the verdicts. A probe-off
+/// zone is not asked: it passes unless the sessions saw it give a bad answer since the last
+/// round (its listing rate is judged either way).
 pub async fn probe_round(board: &HealthBoard, dns: &Dns, config: &DnsblConfig) {
     let zones = configured(config);
-    let verdicts = join_all(
-        zones
-            .iter()
-            .map(|(kind, zone)| async move { probe_zone(dns, zone, *kind).await }),
-    )
+    let verdicts = join_all(zones.iter().map(|(kind, zone)| async move {
+        match zone.health_check {
+            HealthCheck::Off => None,
+            HealthCheck::Rfc5782 => Some(probe_zone(dns, zone, *kind).await),
+        }
+    }))
     .await;
     let now = crate::store::unix_now();
     for ((kind, zone), verdict) in zones.iter().zip(verdicts) {
         if let Some(entry) = board.entry(*kind, &zone.zone) {
+            let verdict = verdict.unwrap_or_else(|| match entry.take_bad_answer() {
+                Some(reason) => ProbeVerdict::Fail(reason),
+                None => ProbeVerdict::Pass,
+            });
             board.apply(&entry, &verdict, now);
         }
     }
