@@ -126,9 +126,9 @@ where
     // trickles a frame byte by byte is bounded like an idle one.
     let mut deadline: Option<(Instant, Duration)> = None;
     // One timer and one shutdown listener for the connection's life, not one of each per
-    // wait: registering a timer (and a watch waiter) and removing it again at every frame
-    // cost more than the rest of the wait. A later deadline only moves the timer's expiry
-    // (lock-free in tokio); an earlier one re-registers it.
+    // wait: each registration and removal in tokio's timer wheel and the watch's waiter list
+    // takes a lock. A later deadline only moves the timer's expiry (lock-free in tokio); an
+    // earlier one re-registers it.
     let timer = tokio::time::sleep_until(Instant::now() + limits.negotiation_timeout);
     tokio::pin!(timer);
     let stop_changed = stop.changed();
