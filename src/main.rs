@@ -515,21 +515,16 @@ fn daemon_runtime(worker_threads: usize) -> Option<tokio::runtime::Runtime> {
     if worker_threads > 0 {
         builder.worker_threads(worker_threads);
     }
-    match builder.enable_all().build() {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            None
-        }
-    }
+    build_runtime(builder)
 }
 
 /// The one-shot commands' runtime: one thread.
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    build_runtime(tokio::runtime::Builder::new_current_thread())
+}
+
+fn build_runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
