@@ -93,12 +93,14 @@ def main():
           "what mxsentry negotiates now with DNS checks off). CPU columns: CPU time per session of "
           "the load generator (milterload, 1 thread) and of the filter process (all threads; "
           "the share spent in the kernel in brackets). Message: 1 recipient, 10 header fields, "
-          "4 KiB body; Postfix-style writes unless said; a new MTA connection per session.")
+          "4 KiB body; Postfix-style writes unless said; a new MTA connection per session. "
+          "`× C same stages`: against `null-c-mxflags-data` in the same run (issue 15); "
+          "`socket`: BENCH_SOCKET.")
         p("")
-        p("| scenario | filter | conc. | sessions/s | × C | × mxsentry protocol | "
+        p("| scenario | filter | conc. | sessions/s | × C | × C same stages | × mxsentry protocol | "
           "session p50 / p99 ms | awaited replies / session | generator CPU µs/session | "
           "filter CPU µs/session | errors | load |")
-        p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         groups = {}
         for r in tp:
             groups.setdefault((r["scenario"], r["filter"], r["c"]), []).append(r)
@@ -122,6 +124,8 @@ def main():
             r = rate(key)
             cref = (scen, "null-c", c) if (scen, "null-c", c) in groups else ("protocol", "null-c", c)
             ratio = paired(key, cref)
+            same = (scen, "null-c-mxflags-data", c)
+            vs_same = paired(key, same) if scen == "protocol" and same in groups else None
             vs_base = (paired(key, ("protocol", filt, c))
                        if scen != "protocol" and ("protocol", filt, c) in groups
                        else paired(key, ("protocol", "mxsentry", c)) if scen == "checks" else None)
@@ -136,8 +140,10 @@ def main():
             errs = sum(x["ml"]["errors"] for x in g)
             load = "/".join(f"{x['load']:.1f}" for x in g)
             name = names[scen]
+            if g[0].get("socket"):
+                name += f" ({g[0]['socket']})"
             p(f"| {name} | {filt} | {c} | {fmt(r)} | {fmt(ratio, 2) if key != cref else '1'} | "
-              f"{fmt(vs_base, 2)} | "
+              f"{fmt(vs_same, 2)} | {fmt(vs_base, 2)} | "
               f"{fmt(p50, 2)} / {fmt(p99, 2)} | {fmt(rt, 1)} | {fmt(gen)} | {fmt(fcpu)} ({fmt(fsys)} % sys) | "
               f"{errs} | {load} |")
             if filt == "mxsentry" and scen in ("protocol", "checks"):

@@ -8,6 +8,8 @@
 # Scenarios (BENCH_ONLY words): protocol (also runs "all checks, warm DNS" interleaved),
 # latency, connections, e2e, greylist (through the milter, and `cargo bench --bench greylist`).
 # Knobs: BENCH_RUNS (3), BENCH_DURATION (4 s per throughput run), BENCH_CONC ("1 16 256"),
+# BENCH_SOCKET (tcp; unix: the protocol rows of mxsentry, null C and null C same stages over
+# unix sockets, the Debian Postfix default),
 # BENCH_HOLD (10000 idle connections), BENCH_E2E_MSGS (2000), BENCH_E2E_SESSIONS (20),
 # BENCH_E2E_SERIAL (50 messages one at a time), BENCH_LAT_SESSIONS (300),
 # BENCH_OUT (latest: the name of the results files), BENCH_KEEP=1 keeps the work directory.
@@ -35,6 +37,8 @@ ROOT="$PWD"
 : "${BENCH_E2E_SERIAL:=50}"
 : "${BENCH_ONLY:=protocol latency connections e2e greylist}"
 : "${BENCH_LAT_SESSIONS:=300}"
+: "${BENCH_SOCKET:=tcp}"
+case "$BENCH_SOCKET" in tcp|unix) ;; *) echo "bench: BENCH_SOCKET is tcp or unix" >&2; exit 2 ;; esac
 : "${BENCH_OUT:=latest}"       # results go to bench/results/$BENCH_OUT.md and .jsonl
 PY=/usr/bin/python3          # Debian's python (python3-milter); a pyenv python3 lacks it
 T0=$SECONDS
@@ -150,6 +154,13 @@ if want protocol; then
   [ -s "$W/dns-warm.addr" ] || die "DNS server did not start: $(cat "$W/dns-warm.log")"
   mxconf "$W/protocol.toml" 18890 18980 protocol
   mxconf "$W/checks.toml" 18891 18981 checks "$(cat "$W/dns-warm.addr")"
+  # The protocol rows' targets: TCP, or (BENCH_SOCKET=unix) unix sockets beside it.
+  ptarget() { if [ "$BENCH_SOCKET" = unix ]; then echo "unix:$W/$1.sock"; else echo "inet:$2@127.0.0.1"; fi; }
+  if [ "$BENCH_SOCKET" = unix ]; then
+    sed -i "0,/^listen = /s|^listen = .*|listen = [\"inet:18890@127.0.0.1\", \"$(ptarget mx-protocol 18890)\"]|" "$W/protocol.toml"
+    start null-c-unix "$W/null_filter" "$(ptarget null-c 18892)" 1024
+    start null-c-mxflags-data-unix "$W/null_filter" "$(ptarget null-c-mxflags-data 18887)" 1024 0x7170
+  fi
   start mx-protocol "$MX" run --config "$W/protocol.toml"
   start mx-checks "$MX" run --config "$W/checks.toml"
   # Variants for the reading (concurrency 16 only): the protocol config with a CONNECT reply
@@ -184,8 +195,9 @@ if want protocol; then
     for c in $BENCH_CONC; do
       log "protocol/checks run $run/$BENCH_RUNS, concurrency $c (load $(loadavg))"
       common=(--concurrency "$c" --duration "$BENCH_DURATION")
-      one_run protocol mxsentry "$(pid_of mx-protocol)" "\"c\":$c,\"run\":$run," \
-        --target inet:18890@127.0.0.1 "${common[@]}" >/dev/null
+      sock="\"socket\":\"$BENCH_SOCKET\","
+      one_run protocol mxsentry "$(pid_of mx-protocol)" "\"c\":$c,\"run\":$run,$sock" \
+        --target "$(ptarget mx-protocol 18890)" "${common[@]}" >/dev/null
       if [ "$c" = 16 ]; then
         # variants, right after the base run: sendmail-style writes (every command written at
         # once), CONNECT answered, no decision log lines
@@ -205,8 +217,13 @@ if want protocol; then
         one_run protocol-nagle null-c-mxflags-data "$(pid_of null-c-mxflags-data)" "\"c\":16,\"run\":$run," \
           --target inet:18887@127.0.0.1 --nagle "${common[@]}" >/dev/null
       fi
-      one_run protocol null-c "$(pid_of null-c)" "\"c\":$c,\"run\":$run," \
-        --target inet:18892@127.0.0.1 "${common[@]}" >/dev/null
+      nc=null-c; ncd=null-c-mxflags-data
+      [ "$BENCH_SOCKET" = unix ] && { nc=null-c-unix; ncd=null-c-mxflags-data-unix; }
+      one_run protocol null-c "$(pid_of $nc)" "\"c\":$c,\"run\":$run,$sock" \
+        --target "$(ptarget null-c 18892)" "${common[@]}" >/dev/null
+      # the null C filter negotiating the same stages as mxsentry (issue 15's reference)
+      one_run protocol null-c-mxflags-data "$(pid_of $ncd)" "\"c\":$c,\"run\":$run,$sock" \
+        --target "$(ptarget null-c-mxflags-data 18887)" "${common[@]}" >/dev/null
       one_run protocol null-py "$(pid_of null-py)" "\"c\":$c,\"run\":$run," \
         --target inet:18893@127.0.0.1 "${common[@]}" >/dev/null
       one_run checks mxsentry "$(pid_of mx-checks)" "\"c\":$c,\"run\":$run," \
@@ -220,6 +237,7 @@ if want protocol; then
   emit "{\"scenario\":\"rss_after_load\",\"filter\":\"mxsentry-checks\",\"rss_kb\":$(rss_kb "$(pid_of mx-checks)"),\"hwm_kb\":$(hwm_kb "$(pid_of mx-checks)")}"
   stop mx-checks; stop null-py; stop dns-warm; stop mx-connreply; stop mx-quiet
   stop null-c-mxflags; stop null-c-mxflags-data
+  if [ "$BENCH_SOCKET" = unix ]; then stop null-c-unix; stop null-c-mxflags-data-unix; fi
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -373,7 +373,7 @@ fn greylist(command: GreylistCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(runtime) = runtime(false) else {
+    let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
@@ -435,7 +435,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<String, String>>,
 {
-    let Some(runtime) = runtime(false) else {
+    let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
     match runtime.block_on(command()) {
@@ -462,7 +462,7 @@ fn print_output(out: &str) -> ExitCode {
 }
 
 fn explain(config_path: PathBuf, query: mxsentry::explain::Query, json: bool) -> ExitCode {
-    let Some(runtime) = runtime(false) else {
+    let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
@@ -493,7 +493,7 @@ fn run(config_path: PathBuf) -> ExitCode {
         }
     };
     decision_log::init(&config.log);
-    let Some(runtime) = runtime(true) else {
+    let Some(runtime) = daemon_runtime(config.milter.worker_threads) else {
         return ExitCode::FAILURE;
     };
     let server = Server::new(config_path, config, policy);
@@ -507,13 +507,23 @@ fn run(config_path: PathBuf) -> ExitCode {
     }
 }
 
-/// The tokio runtime: multi-threaded for the daemon, one thread for the one-shot commands.
-fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
-    let mut builder = if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    };
+/// The daemon's runtime: `worker_threads` workers (0: tokio's default, one per CPU). Not a
+/// current-thread runtime even with one worker: `block_on` (signals, reload) then runs on the
+/// main thread, beside the worker, so a reload of a large rule file never holds up sessions.
+fn daemon_runtime(worker_threads: usize) -> Option<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    build_runtime(builder)
+}
+
+/// The one-shot commands' runtime: one thread.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    build_runtime(tokio::runtime::Builder::new_current_thread())
+}
+
+fn build_runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
     match builder.enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {

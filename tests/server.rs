@@ -128,6 +128,46 @@ fn verdicts_at_rcpt_over_inet_and_unix() {
 }
 
 #[test]
+fn every_worker_thread_count_gives_the_same_verdicts() {
+    // `[milter] worker_threads`: 1 (the default, every other test), one per CPU (0) and more
+    // threads than this machine has cores (4): the MTA sees the same replies on connections
+    // open at once, whichever thread serves each.
+    for threads in [0, 4] {
+        let d = Daemon::start(ACCESS, &format!("worker_threads = {threads}\n"));
+        let mut clients: Vec<Client> = (0..6)
+            .map(|i| {
+                if i % 2 == 0 {
+                    Client::tcp(d.port)
+                } else {
+                    Client::unix(&d.socket)
+                }
+            })
+            .collect();
+        for c in &mut clients {
+            c.negotiate();
+        }
+        for c in &mut clients {
+            let r = session(c, "192.0.2.10", "a@reject.example", "u@example.org");
+            assert_eq!(
+                reply_text(&r),
+                "550 5.7.1 Access denied",
+                "threads {threads}"
+            );
+            c.send(&Command::Abort);
+        }
+        for c in &mut clients {
+            c.mail("someone@good.example");
+            assert_eq!(c.rcpt("u@example.org"), Some(Reply::Continue));
+            assert_eq!(c.message().last(), Some(&Reply::Accept));
+            c.send(&Command::Quit);
+            assert!(c.closed_by_peer());
+        }
+        d.wait_log_count("verdict=accept", 6);
+        assert_eq!(d.log().matches("verdict=reject").count(), 6, "{}", d.log());
+    }
+}
+
+#[test]
 fn trusted_clients_and_connect_rules() {
     let d = Daemon::start(ACCESS, "[trusted]\nnetworks = [\"192.0.2.200/32\"]\n");
     let mut c = Client::tcp(d.port);

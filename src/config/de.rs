@@ -401,6 +401,10 @@ pub(super) fn max_recipients<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D
     ranged(d, "max_recipients", 1, usize_max()).map(|v| v as usize)
 }
 
+pub(super) fn worker_threads<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    ranged(d, "worker_threads", 0, 1024).map(|v| v as usize)
+}
+
 pub(super) fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     ranged(d, "threshold", 1, u64::from(u32::MAX)).map(|v| v as u32)
 }

@@ -153,6 +153,12 @@ pub struct MilterConfig {
     /// (Postfix's smtpd_recipient_limit).
     #[serde(deserialize_with = "de::max_recipients")]
     pub max_recipients: usize,
+    /// Threads that serve MTA connections (0: one per CPU). One thread serves some 12,000
+    /// sessions/s on a small VM; more only pay off when mxsentry keeps a whole core busy,
+    /// because every hand-off between threads costs a wake-up (docs/performance.md).
+    /// Default: 1.
+    #[serde(deserialize_with = "de::worker_threads")]
+    pub worker_threads: usize,
     /// Permissions of Unix sockets, from an octal string like `"0660"`. Default: 0660 (the
     /// owner and `socket_group` may connect), whatever the umask.
     #[serde(deserialize_with = "de::opt::<_, de::OctalModeP>")]
@@ -187,6 +193,7 @@ impl Default for MilterConfig {
             max_macro_frame: 16 * 1024,
             max_macros: 128,
             max_recipients: 1000,
+            worker_threads: 1,
             socket_mode: None,
             socket_owner: None,
             socket_group: None,

@@ -89,6 +89,7 @@ fn defaults_match_the_contract() {
     assert_eq!(c.milter.max_macro_frame, 16_384);
     assert_eq!(c.milter.max_macros, 128);
     assert_eq!(c.milter.max_recipients, 1000);
+    assert_eq!(c.milter.worker_threads, 1);
     assert_eq!(c.milter.socket_mode, None);
     assert_eq!(c.milter.tag_header, "X-Mxsentry");
     let nets: Vec<String> = c.trusted.networks.iter().map(|n| n.to_string()).collect();
@@ -515,6 +516,11 @@ fn prefix_and_frame_ranges_name_their_line() {
         "invalid max_macro_frame 100: must be at least 1024",
     );
     error_at("[milter]\nmax_macros = 2\n", 2, "invalid max_macros 2");
+    error_at(
+        "[milter]\nworker_threads = 2000\n",
+        2,
+        "invalid worker_threads 2000",
+    );
     error_at("[dns]\nmax_concurrent = 0\n", 2, "max_concurrent");
     error_at(
         "[dns]\nprefetch_percent = 95\n",

@@ -125,6 +125,14 @@ where
     // Set when the wait for a frame starts; partial reads do not move it, so a peer that
     // trickles a frame byte by byte is bounded like an idle one.
     let mut deadline: Option<(Instant, Duration)> = None;
+    // One timer and one shutdown listener for the connection's life, not one of each per
+    // wait: each registration and removal in tokio's timer wheel and the watch's waiter list
+    // takes a lock. A later deadline only moves the timer's expiry (lock-free in tokio); an
+    // earlier one re-registers it.
+    let timer = tokio::time::sleep_until(Instant::now() + limits.negotiation_timeout);
+    tokio::pin!(timer);
+    let stop_changed = stop.changed();
+    tokio::pin!(stop_changed);
     loop {
         // Answer everything already buffered before reading again (the MTA may pipeline
         // no-reply commands such as MACRO, CONNECT, HELO, MAIL behind each other).
@@ -153,17 +161,20 @@ where
                     };
                     (Instant::now() + t, t)
                 });
+                if timer.deadline() != until {
+                    timer.as_mut().reset(until);
+                }
                 let read = tokio::select! {
                     biased;
                     r = stream.read_buf(&mut rbuf) => r,
-                    _ = tokio::time::sleep_until(until) => {
+                    _ = &mut timer => {
                         return if session.is_negotiated() {
                             ConnectionEnd::IdleTimeout(waited)
                         } else {
                             ConnectionEnd::NegotiationTimeout(waited)
                         };
                     }
-                    _ = stop.changed(), if !stopping => {
+                    _ = &mut stop_changed, if !stopping => {
                         // (an error means the server is gone: stop as well)
                         stopping = true;
                         continue;

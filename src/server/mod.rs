@@ -473,6 +473,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     // to accept a waiting connection and close it (the MTA then learns at once).
     let mut spare = spare_fd();
     let mut backoff = Duration::from_millis(10);
+    let nodelay_inherited = listener.nodelay_for_accepted();
     loop {
         let accepted = tokio::select! {
             a = accept(&listener) => a,
@@ -481,7 +482,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
-                dispatch(stream, peer, &shared);
+                dispatch(stream, peer, nodelay_inherited, &shared);
             }
             Err(e) if limits::is_out_of_fds(&e) && spare.is_some() => {
                 let n = shed(&listener, &mut spare).await;
@@ -537,10 +538,13 @@ async fn shed(listener: &Listener, spare: &mut Option<std::fs::File>) -> usize {
     n
 }
 
-/// Serves an accepted connection, or answers it as overflow.
-fn dispatch(stream: Stream, peer: String, shared: &Arc<Shared>) {
+/// Serves an accepted connection, or answers it as overflow. `nodelay_inherited`: the
+/// listener gave the connection TCP_NODELAY already.
+fn dispatch(stream: Stream, peer: String, nodelay_inherited: bool, shared: &Arc<Shared>) {
     if let Stream::Tcp(s) = &stream {
-        let _ = s.set_nodelay(true);
+        if !nodelay_inherited {
+            let _ = s.set_nodelay(true);
+        }
     }
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         return overflow(stream, peer, shared);
