@@ -2,7 +2,7 @@
 //!
 //! * **Updates** are applied to the overlay under a per-shard mutex (64 shards), so the new entry
 //!   is visible to the next session at once. No disk I/O happens under a lock or on an async
-//!   worker: a key that is not in the overlay is read from redb by one of two reader threads
+//!   worker: a key that is not in the overlay is read from the store by one of two reader threads
 //!   *before* the lock is taken, and a per-shard commit generation detects the rare case where
 //!   a commit finished in between (the read is then retried). Updates of one key are therefore
 //!   atomic with respect to each other.
@@ -98,7 +98,7 @@ impl EmbeddedStore {
         }
     }
 
-    /// Reads `key` (overlay, else redb) and runs `apply` on the shard with the current value,
+    /// Reads `key` (overlay, else the store) and runs `apply` on the shard with the current value,
     /// atomically with respect to every other overlay change of the key.
     pub(super) async fn read_then_apply<R>(
         &self,
