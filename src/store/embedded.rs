@@ -66,6 +66,7 @@ use super::{Entry, GreylistStore, StoreError, UpdateFn, Write};
 mod commit;
 mod file;
 mod format;
+mod malloc;
 mod migrate;
 mod overlay;
 mod purge;
@@ -78,6 +79,7 @@ use reader::{reader, ReadRequest, READERS};
 
 pub use file::{disk_bytes, MovedAside, Opened};
 pub use format::{decode, encode, ENCODED_LEN};
+pub use malloc::limit_malloc_arenas;
 
 /// fjall's block cache (uncompressed data and index blocks). The tables also sit in the
 /// kernel's page cache, so a miss here costs a `pread` and an LZ4 decompression of one 4 KiB
@@ -124,6 +126,8 @@ struct Shared {
     hasher: std::collections::hash_map::RandomState,
     /// Writes so far (incremented under the shard lock that holds the write).
     seq: AtomicU64,
+    /// A writer asked for a commit before the interval (half of `max_uncommitted` waiting).
+    early_commit: std::sync::atomic::AtomicBool,
     commit_interval: Duration,
     control: Mutex<Control>,
     wake: Condvar,
@@ -267,6 +271,7 @@ impl EmbeddedStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
             seq: AtomicU64::new(0),
+            early_commit: false.into(),
             commit_interval: options.commit_interval,
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
@@ -334,12 +339,34 @@ impl EmbeddedStore {
         if let Some(h) = lock(&self.committer).take() {
             let _ = h.join();
         }
+        if !lock(&self.shared.control).abandon {
+            self.flush_memtable();
+        }
         // Closing their queues stops the readers; joining them releases the file lock
         // before the store is gone (a reopen right after must not find the file in use).
         let readers = std::mem::take(&mut *lock(&self.readers));
         for (tx, h) in readers {
             drop(tx);
             let _ = h.join();
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Writes the memtable (what the journal holds) to a table, so that the next open has no
+    /// journal to replay. Everything is durable already: a failure (disk full) costs nothing
+    /// but a longer next start, so it is only logged.
+    fn flush_memtable(&self) {
+        let Ok(db) = self.shared.db() else {
+            return;
+        };
+        let flushed = guarded(&self.shared.path, || {
+            db.ks
+                .rotate_memtable_and_wait()
+                .map_err(|e| db_err(&self.shared.path, e))
+        });
+        if let Err(e) = flushed {
+            tracing::debug!(error = %e, "greylist store: memtable not flushed at close");
         }
     }
 }

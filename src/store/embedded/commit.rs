@@ -119,6 +119,7 @@ pub(super) fn committer(shared: Arc<Shared>) {
                     .0;
             }
             let flush = std::mem::take(&mut c.flush);
+            shared.early_commit.store(false, Ordering::Relaxed);
             (flush, c.shutdown, c.abandon, std::mem::take(&mut c.purges))
         };
         if abandon {

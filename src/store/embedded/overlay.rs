@@ -81,6 +81,15 @@ impl EmbeddedStore {
             };
             let waiting = shared.seq.load(Ordering::SeqCst).saturating_sub(durable);
             if waiting < shared.max_uncommitted {
+                // Half way to the bound: commit now rather than at the interval, so that a
+                // burst of writes (measured: 100,000 a second at full speed) does not reach
+                // the bound and wait for a commit. Asked once per commit.
+                if waiting >= shared.max_uncommitted / 2
+                    && !shared.early_commit.swap(true, Ordering::Relaxed)
+                {
+                    lock(&shared.control).flush = true;
+                    shared.wake.notify_all();
+                }
                 return Ok(());
             }
             if let Some(error) = error {
