@@ -12,8 +12,9 @@
 //!   file open for writing, the kernel answers EBUSY, so a file system error is how it happens
 //!   for real): every session is answered promptly, never 5xx, the failure is logged and
 //!   counted, memory stays bounded, and the store recovers without a restart;
-//! * a full disk at start: the daemon starts with the store closed, fails open, and opens it
-//!   once space returns;
+//! * a full disk at start: a new store cannot be created, the daemon starts with it closed,
+//!   fails open, and opens it once space returns (an existing store may open: fjall frees its
+//!   obsolete journal at open); mail is never refused;
 //! * `kill -9` under load in a loop: the file always opens, and no acknowledged triplet is
 //!   missing once a commit that took it has finished (the daemon logs each commit at debug
 //!   level); losses are reported split by age (within `commit_interval` + 1 s or older).
@@ -248,9 +249,20 @@ fn daemon_starts_over_an_unreadable_store_and_moves_it_aside() {
         let after = moved_aside(&path);
         let new: Vec<&PathBuf> = after.iter().filter(|p| !before.contains(p)).collect();
         assert_eq!(new.len(), 1, "{what}: {after:?}");
+        // Its tables (the data) are kept byte for byte; fjall may have rewritten its small
+        // version files while it tried to open the store.
+        let tables = |t: Vec<(PathBuf, Vec<u8>)>| -> Vec<(PathBuf, Vec<u8>)> {
+            t.into_iter()
+                .filter(|(p, _)| {
+                    p.parent().is_some_and(|d| d.ends_with("tables")) || p.as_os_str().is_empty()
+                })
+                .collect()
+        };
+        let (kept, damaged) = (tables(tree(new[0])), tables(bytes));
+        assert!(!damaged.is_empty(), "{what}");
         assert!(
-            tree(new[0]) == bytes,
-            "{what}: the damaged store is kept as it was"
+            kept == damaged,
+            "{what}: the damaged store's tables are kept as they were"
         );
         d.wait_log_count(
             "greylist store unreadable: moved aside, starting with an empty store",
@@ -523,14 +535,35 @@ fn disk_full_at_start_starts_failing_open_and_recovers() {
             "disk full at start ({what}): listening after {:?}",
             started.elapsed()
         );
-        d.wait_log("greylist store cannot be opened now: starting without it");
+        // A new store cannot be created on the full disk: the store starts closed. An existing
+        // one may open: its journal, obsolete after the memtable was written to a table at the
+        // clean stop, is deleted at open, which frees a few pages; then the store works (from
+        // those pages, and from memory once commits fail). Either way mail is never refused.
+        let closed = remove || {
+            std::thread::sleep(Duration::from_millis(300));
+            d.log()
+                .contains("greylist store cannot be opened now: starting without it")
+        };
+        if remove {
+            d.wait_log("greylist store cannot be opened now: starting without it");
+        }
         let window: Vec<Option<Reply>> = (0..20)
             .map(|i| try_rcpt(d.port, &format!("full-{i}@sender.example"), "u@example.org"))
             .collect();
         for r in &window {
-            assert_eq!(r, &Some(Reply::Continue), "{what}: fail open");
+            if closed {
+                assert_eq!(r, &Some(Reply::Continue), "{what}: fail open");
+            } else {
+                assert!(
+                    r == &Some(Reply::Continue) || r.as_ref().is_some_and(greylisted),
+                    "{what}: {r:?}"
+                );
+            }
         }
-        assert!(d.try_metric(ERRORS).unwrap_or(0.0) > 0.0, "{what}");
+        if closed {
+            assert!(d.try_metric(ERRORS).unwrap_or(0.0) > 0.0, "{what}");
+        }
+        eprintln!("disk full at start ({what}): store closed at start: {closed}");
         fs.free();
         let back = wait_for(
             "greylisting after space returned",

@@ -283,6 +283,7 @@ pub(super) fn open_database(
         ks.remove(MARKER).map_err(|e| open_error(path, e))?;
         db.persist(fjall::PersistMode::SyncAll)
             .map_err(|e| open_error(path, e))?;
+        probe_space(path).map_err(|e| open_io_error(path, &e))?;
         Ok(Db { db, ks })
     });
     let result = opened.unwrap_or_else(|what| {
@@ -314,6 +315,21 @@ fn keyspace_options() -> fjall::KeyspaceCreateOptions {
         .index_block_pinning_policy(PinningPolicy::all(true))
         .filter_block_partitioning_policy(PartitioningPolicy::all(false))
         .index_block_partitioning_policy(PartitioningPolicy::all(false))
+}
+
+/// Writes, syncs and removes one 4 KiB page in the store directory. Opening an existing store
+/// writes only a few bytes into the journal's last page, which a full disk may still take:
+/// without this, a store on a full disk would open and every commit fail; with it, the store
+/// starts closed and is reopened once there is space (ENOSPC is [`OpenError::Transient`]).
+fn probe_space(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let probe = dir.join("space-probe");
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    written
 }
 
 /// A key no entry has (entries start with `t:` or `c:`): removing it proves the store writable.
