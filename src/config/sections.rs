@@ -496,7 +496,7 @@ impl DnsblZone {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
-    /// `"embedded"`: a local database file at `greylist.path`.
+    /// `"embedded"`: a local store directory at `greylist.path`.
     #[default]
     Embedded,
     /// `"redis"`: a Redis server at `greylist.redis_url`, shared between MX hosts.

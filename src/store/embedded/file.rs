@@ -270,6 +270,14 @@ pub(super) fn open_database(
             path.display()
         )));
     }
+    // Before fjall opens any file: on a read-only or full file system the attempt ends here,
+    // holding nothing open (an admin can unmount it between the retries).
+    if let Err(e) = probe_space(path) {
+        if fresh {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        return Err(open_io_error(path, &e));
+    }
     let opened = catch_panic(|| {
         let db = fjall::Database::builder(path)
             .cache_size(cache_bytes as u64)
@@ -283,7 +291,6 @@ pub(super) fn open_database(
         ks.remove(MARKER).map_err(|e| open_error(path, e))?;
         db.persist(fjall::PersistMode::SyncAll)
             .map_err(|e| open_error(path, e))?;
-        probe_space(path).map_err(|e| open_io_error(path, &e))?;
         Ok(Db { db, ks })
     });
     let result = opened.unwrap_or_else(|what| {
@@ -317,10 +324,12 @@ fn keyspace_options() -> fjall::KeyspaceCreateOptions {
         .index_block_partitioning_policy(PartitioningPolicy::all(false))
 }
 
-/// Writes, syncs and removes one 4 KiB page in the store directory. Opening an existing store
-/// writes only a few bytes into the journal's last page, which a full disk may still take:
-/// without this, a store on a full disk would open and every commit fail; with it, the store
-/// starts closed and is reopened once there is space (ENOSPC is [`OpenError::Transient`]).
+/// Writes, syncs and removes one 4 KiB page in the store directory, before the library opens
+/// anything. Opening an existing store writes only a few bytes into the journal's last page,
+/// which a full disk may still take; and a reopen that failed inside the library would hold
+/// files open on a failed file system for the length of a recovery. ENOSPC is
+/// [`OpenError::Transient`], a read-only file system [`OpenError::Refuse`] at start (and
+/// retried on a reopen).
 fn probe_space(dir: &Path) -> std::io::Result<()> {
     use std::io::Write;
     let probe = dir.join("space-probe");
