@@ -331,11 +331,12 @@ async fn embedded(n: u64, allow: Option<Arc<AllowLists>>) -> Row {
             .expect("open task")
             .expect("open embedded store")
     };
-    let (g, stored, preload_s, full, paced) = run("embedded", Arc::new(store), n, 16, allow).await;
+    let store = Arc::new(store);
+    let (g, stored, preload_s, full, paced) = run("embedded", store.clone(), n, 16, allow).await;
     g.store().flush().await.expect("flush");
     let store_mb = disk_bytes(&path) as f64 / 1e6;
     let rss_bench = rss_mb("self");
-    churn::report(&path, g, n).await;
+    churn::report(&path, g, store, n).await;
     Row {
         backend: "embedded",
         stored,

@@ -53,7 +53,7 @@ where
 
 /// Churns the store behind `g` (at `path`, `n` preloaded triplets), prints the report, and
 /// closes the store.
-pub async fn report(path: &Path, g: Arc<Greylister>, n: u64) {
+pub async fn report(path: &Path, g: Arc<Greylister>, embedded: Arc<EmbeddedStore>, n: u64) {
     let store = g.store().clone();
     let now = unix_now();
     let t0 = Instant::now();
@@ -84,12 +84,13 @@ pub async fn report(path: &Path, g: Arc<Greylister>, n: u64) {
     println!(
         "embedded churn: {} overwrites + {} deletes in {churn_s:.1} s, purge removed {purged} in \
          {purge_s:.1} s; {live} live entries (counted in {len_s:.1} s); store {:.1} MB = {:.0} \
-         bytes/entry; bench RSS {:.0} MB",
+         bytes/entry; bench RSS {:.0} MB; {}",
         n / 2,
         n * 3 / 10,
         mb(path),
         disk_bytes(path) as f64 / live.max(1) as f64,
-        rss_mb("self")
+        rss_mb("self"),
+        embedded.memory_report()
     );
 
     let next_fresh = Arc::new(AtomicU64::new(1 << 41));
@@ -103,12 +104,14 @@ pub async fn report(path: &Path, g: Arc<Greylister>, n: u64) {
     store.flush().await.expect("flush");
     println!(
         "embedded after churn: store {:.1} MB = {:.0} bytes/live entry (+ the phase's new \
-         triplets); bench RSS {:.0} MB, peak {:.0} MB",
+         triplets); bench RSS {:.0} MB, peak {:.0} MB; {}",
         mb(path),
         disk_bytes(path) as f64 / live.max(1) as f64,
         rss_mb("self"),
-        peak_rss_mb()
+        peak_rss_mb(),
+        embedded.memory_report()
     );
+    drop(embedded);
 
     // Open after a clean stop.
     drop(store);
