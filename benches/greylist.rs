@@ -10,7 +10,12 @@
 //! asks greylist allow lists of about M entries (networks, verified names, addresses, a few
 //! regexes; none matches the bench's triplets, so each decision pays every lookup), as the
 //! policy does before greylisting, and the cost of those lookups alone is printed.
-//! `GL_BENCH_REDIS=off` skips the Redis run.
+//! `GL_BENCH_REDIS=off` skips the Redis run. After its phases the embedded store is churned
+//! and measured again (`churn.rs`): size on disk per live entry, RSS, a full-speed phase, and
+//! the time to open it after a clean stop and after `kill -9`.
+
+#[path = "greylist/churn.rs"]
+mod churn;
 
 use std::io::{Read, Write as _};
 use std::net::{IpAddr, TcpListener, TcpStream};
@@ -23,11 +28,14 @@ use std::time::{Duration, Instant};
 use mxsentry::checks::greylist::allow::{AllowLists, ListKind};
 use mxsentry::checks::greylist::{triplet_key, unix_now, GreylistOutcome, Greylister};
 use mxsentry::config::GreylistConfig;
-use mxsentry::store::embedded::EmbeddedStore;
+use mxsentry::store::embedded::{disk_bytes, EmbeddedStore};
 use mxsentry::store::redis::RedisStore;
 use mxsentry::store::{Entry, GreylistStore};
 
 const TASKS: u64 = 64;
+
+/// Set for phases where unexpected outcomes are expected (after churn deleted triplets).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 const PHASE: Duration = Duration::from_secs(5);
 const RATE: u64 = 20_000;
 
@@ -212,7 +220,7 @@ async fn decisions(
                 );
                 if !ok {
                     errors += 1;
-                    if errors == 1 {
+                    if errors == 1 && !QUIET.load(Ordering::Relaxed) {
                         eprintln!("unexpected outcome (existing={existing}): {:?}", r.outcome);
                     }
                 }
@@ -323,10 +331,12 @@ async fn embedded(n: u64, allow: Option<Arc<AllowLists>>) -> Row {
             .expect("open task")
             .expect("open embedded store")
     };
-    let (g, stored, preload_s, full, paced) = run("embedded", Arc::new(store), n, 16, allow).await;
+    let store = Arc::new(store);
+    let (g, stored, preload_s, full, paced) = run("embedded", store.clone(), n, 16, allow).await;
     g.store().flush().await.expect("flush");
-    let store_mb = std::fs::metadata(&path).map_or(f64::NAN, |m| m.len() as f64 / 1e6);
+    let store_mb = disk_bytes(&path) as f64 / 1e6;
     let rss_bench = rss_mb("self");
+    churn::report(&path, g, store, n).await;
     Row {
         backend: "embedded",
         stored,
@@ -453,6 +463,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    // As the daemon does (docs/greylisting.md, "Performance").
+    mxsentry::store::embedded::limit_malloc_arenas();
+    if let Some(path) = std::env::var_os("GL_BENCH_CHILD") {
+        churn::child(std::path::Path::new(&path), n);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -493,6 +493,7 @@ fn run(config_path: PathBuf) -> ExitCode {
         }
     };
     decision_log::init(&config.log);
+    mxsentry::store::embedded::limit_malloc_arenas();
     let Some(runtime) = daemon_runtime(config.milter.worker_threads) else {
         return ExitCode::FAILURE;
     };

@@ -366,14 +366,15 @@ fn sighup_reloads_rules_and_keeps_them_on_error() {
 }
 
 /// Sockets and files get the narrowest modes that work, whatever the umask: the milter socket
-/// 0660 (the owner and `socket_group` connect), the greylist store 0600 (it lists who mails
-/// whom).
+/// 0660 (the owner and `socket_group` connect), the greylist store's directory 0700 (it lists
+/// who mails whom).
 #[test]
 fn sockets_and_files_get_narrow_modes() {
     use std::os::unix::fs::PermissionsExt;
     let d = Daemon::start("", "[greylist]\nenabled = true\n");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&d.socket), 0o660, "{}", d.socket.display());
+    // The store is a directory: 0700 keeps every file in it to the daemon's user.
     let db = d.config_dir().join("greylist.db");
-    assert_eq!(mode(&db), 0o600, "{}", db.display());
+    assert_eq!(mode(&db), 0o700, "{}", db.display());
 }

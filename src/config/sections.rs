@@ -529,7 +529,7 @@ impl DnsblZone {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
-    /// `"embedded"`: a local database file at `greylist.path`.
+    /// `"embedded"`: a local store directory at `greylist.path`.
     #[default]
     Embedded,
     /// `"redis"`: a Redis server at `greylist.redis_url`, shared between MX hosts.
@@ -586,7 +586,8 @@ pub struct GreylistConfig {
     pub client_autowhite_after: u32,
     /// `"embedded"` or `"redis"`. Default: embedded.
     pub store: StoreKind,
-    /// Database file of the embedded store. Default: `/var/lib/mxsentry/greylist.db`.
+    /// Directory of the embedded store (a file there, from mxsentry 0.1, is migrated at the first
+    /// open). Default: `/var/lib/mxsentry/greylist.db`.
     #[serde(deserialize_with = "de::one::<_, de::PathP>")]
     pub path: PathBuf,
     /// Redis server (`redis://`, `rediss://` for TLS, or `unix://`). Default: `redis://127.0.0.1:6379/0`.

@@ -335,7 +335,7 @@ impl Metrics {
         }
     }
 
-    /// An unreadable embedded store file was moved aside at start (a fresh store replaced it).
+    /// An unreadable embedded store was moved aside at start (a fresh store replaced it).
     pub fn greylist_store_recovered(&self) {
         self.greylist_store_recoveries.inc();
     }

@@ -10,8 +10,8 @@ use crate::config::{GreylistConfig, StoreKind};
 /// Who opens the store: what an embedded file that cannot be opened or read leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenFor {
-    /// The daemon's start ([`EmbeddedStore::open_for_daemon`]): an embedded file whose content
-    /// is bad (corrupt, truncated, not a redb file, a format this version cannot read) is moved
+    /// The daemon's start ([`EmbeddedStore::open_for_daemon`]): an embedded store whose content
+    /// is bad (corrupt, truncated, not a store, a format this version cannot read) is moved
     /// aside to `<path>.corrupt-<UTC time>` and the daemon starts with an empty store, logging
     /// an error and counting `mxsentry_greylist_store_recoveries_total`; a file that cannot be
     /// opened now (disk full, I/O error) leaves the store closed and retried while greylisting
@@ -23,7 +23,7 @@ pub enum OpenFor {
     Admin,
 }
 
-/// Opens the configured store (`greylist.store`): the embedded file at `greylist.path`
+/// Opens the configured store (`greylist.store`): the embedded store at `greylist.path`
 /// (committing every `greylist.commit_interval`) or Redis (`greylist.redis_url`, or the primary `greylist.redis_sentinels` name). The error
 /// names the file or server and the reason.
 pub async fn open(

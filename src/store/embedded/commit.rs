@@ -1,16 +1,16 @@
 //! The committer thread: group commits, and what happens when a commit fails.
 //!
-//! * **One committer thread** owns every redb write: every `commit_interval` (when something
-//!   changed) it swaps the overlay out and writes it, sorted by key, in *one* write transaction
-//!   with `Durability::Immediate` and quick-repair (so the file is always consistent and opens
-//!   at once after a crash). Readers still see the swapped-out batch until it is committed.
+//! * **One committer thread** owns every write: every `commit_interval` (when something
+//!   changed) it swaps the overlay out and writes it, sorted by key, as *one* atomic fjall
+//!   batch, then syncs the journal (`fsync`), so after a crash the store opens with every
+//!   commit that returned. Readers still see the swapped-out batch until it is committed.
 //!   With `commit_interval = 0` every update waits for the commit that contains it (concurrent
 //!   updates share one commit: group commit), so it is durable before the reply goes out.
 //! * **A commit fails** (disk full, read-only or failing file system): the batch goes back into
 //!   the overlay (newer changes win) and is retried every `commit_interval`; the failure is
 //!   counted (`mxsentry_greylist_errors_total{backend="embedded"}`) and logged (the first one,
-//!   then once a minute, then the recovery). redb refuses every operation after an I/O error
-//!   until the database is reopened, so the committer closes the file and reopens it by path
+//!   then once a minute, then the recovery). fjall refuses every write after an I/O error
+//!   ("poisoned") until the database is reopened, so the committer closes it and reopens it by path
 //!   (reads fail open meanwhile): once space or writability is back, the next commit writes
 //!   the overlay and the store works again without a restart. Closing also lets an admin
 //!   unmount and repair the file system under the running daemon.
@@ -19,11 +19,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability};
 use tokio::sync::oneshot;
 
-use super::file::{db_err, guarded};
-use super::format::{encode, TABLE};
+use super::file::{db_err, guarded, Db};
+use super::format::encode;
 use super::overlay::Overlay;
 use super::{lock, EmbeddedStore, Shared};
 use crate::store::{Entry, StoreError};
@@ -120,6 +119,7 @@ pub(super) fn committer(shared: Arc<Shared>) {
                     .0;
             }
             let flush = std::mem::take(&mut c.flush);
+            shared.early_commit.store(false, Ordering::Relaxed);
             (flush, c.shutdown, c.abandon, std::mem::take(&mut c.purges))
         };
         if abandon {
@@ -251,37 +251,25 @@ impl Shared {
             .iter()
             .flat_map(|(_, b)| b.iter().map(|(k, v)| (&**k, v)))
             .collect();
-        // Key order: each leaf page is copied once and the tree is walked sequentially.
+        // Key order: the memtable's inserts then walk it sequentially (and the journal is
+        // written in the order a later flush wants).
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let db = self.db()?;
         guarded(&self.path, || self.write_sorted(&db, all))
     }
 
-    fn write_sorted(
-        &self,
-        db: &Database,
-        all: Vec<(&str, &Option<Entry>)>,
-    ) -> Result<(), StoreError> {
-        let e = |e| db_err(&self.path, e);
-        let mut tx = db.begin_write().map_err(e)?;
-        tx.set_durability(Durability::Immediate);
-        tx.set_quick_repair(true);
-        {
-            let mut table = tx.open_table(TABLE).map_err(|x| db_err(&self.path, x))?;
-            for (k, v) in all {
-                match v {
-                    Some(entry) => {
-                        table
-                            .insert(k, &encode(entry)[..])
-                            .map_err(|x| db_err(&self.path, x))?;
-                    }
-                    None => {
-                        table.remove(k).map_err(|x| db_err(&self.path, x))?;
-                    }
-                }
+    fn write_sorted(&self, db: &Db, all: Vec<(&str, &Option<Entry>)>) -> Result<(), StoreError> {
+        let mut batch = db.db.batch();
+        for (k, v) in all {
+            match v {
+                Some(entry) => batch.insert(&db.ks, k, &encode(entry)[..]),
+                None => batch.remove(&db.ks, k),
             }
         }
-        tx.commit().map_err(|x| db_err(&self.path, x))
+        batch.commit().map_err(|e| db_err(&self.path, e))?;
+        db.db
+            .persist(fjall::PersistMode::SyncAll)
+            .map_err(|e| db_err(&self.path, e))
     }
 }
 

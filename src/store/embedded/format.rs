@@ -1,12 +1,13 @@
-//! The file format: one redb table of fixed-size encoded entries.
+//! The stored value: a fixed-size encoded entry, under the key text (`t:...`, `c:...`). The
+//! same encoding was the value of the one redb table of older versions (read by `migrate.rs`).
 
 use redb::TableDefinition;
 
 use crate::store::record::{self, Order};
 use crate::store::Entry;
 
-/// The one table: key → [`encode`]d entry.
-pub(super) const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("greylist_v1");
+/// The one table of an older version's redb file: key → [`encode`]d entry.
+pub(super) const LEGACY_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("greylist_v1");
 
 /// Length of an encoded entry (the shared [`record`] layout).
 pub const ENCODED_LEN: usize = record::LEN;

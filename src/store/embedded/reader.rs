@@ -1,8 +1,8 @@
 //! The reader threads: file reads for sessions.
 //!
-//! **Reads** look in the overlay (changes not yet committed), then in the redb file (a short
-//! read transaction; redb is MVCC, so reads never wait for a commit in progress). The reader
-//! threads take queued reads in batches (one read transaction each): under load they never
+//! **Reads** look in the overlay (changes not yet committed), then in the store (fjall's reads
+//! never wait for a write, a flush or a compaction: tables are immutable and the memtable is a
+//! lock-free skiplist). The reader threads take queued reads in batches: under load they never
 //! sleep, so a read costs a queue push and at most a wake-up.
 
 use std::sync::atomic::Ordering;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::file::{db_err, guarded};
-use super::format::{decode, TABLE};
+use super::format::decode;
 use super::{lock, EmbeddedStore, Shared};
 use crate::store::{Entry, StoreError};
 
@@ -30,7 +30,7 @@ pub(super) struct ReadRequest {
     reply: oneshot::Sender<Result<Option<Entry>, StoreError>>,
 }
 
-/// A reader thread: serves file reads in batches, one read transaction per batch.
+/// A reader thread: serves file reads in batches.
 pub(super) fn reader(
     shared: Arc<Shared>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<ReadRequest>,
@@ -45,37 +45,32 @@ pub(super) fn reader(
             }
         }
         let path = &shared.path;
-        let table = shared.db().and_then(|db| {
-            guarded(path, || {
-                let tx = db.begin_read().map_err(|e| db_err(path, e))?;
-                tx.open_table(TABLE).map_err(|e| db_err(path, e))
-            })
-        });
+        let db = shared.db();
         for req in batch.drain(..) {
-            let result = match &table {
-                Ok(t) => guarded(path, || shared.read_table(t, &req.key, req.lenient)),
+            let result = match &db {
+                Ok(db) => guarded(path, || shared.read_key(&db.ks, &req.key, req.lenient)),
                 Err(e) => Err(e.clone()),
             };
             let _ = req.reply.send(result);
         }
-        // Let go of the database before waiting: a reopen waits for its file lock.
-        drop(table);
+        // Let go of the database before waiting: a reopen waits for its lock.
+        drop(db);
     }
 }
 
 impl Shared {
     /// Reads `key` from the file. `lenient`: an undecodable value counts as absent (it is
     /// then overwritten) instead of an error.
-    fn read_table(
+    fn read_key(
         &self,
-        table: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        ks: &fjall::Keyspace,
         key: &str,
         lenient: bool,
     ) -> Result<Option<Entry>, StoreError> {
-        let Some(v) = table.get(key).map_err(|e| db_err(&self.path, e))? else {
+        let Some(v) = ks.get(key).map_err(|e| db_err(&self.path, e))? else {
             return Ok(None);
         };
-        match decode(v.value()) {
+        match decode(&v) {
             Some(e) => Ok(Some(e)),
             None if lenient => {
                 tracing::warn!(key, "greylist entry undecodable: treated as absent");

@@ -2,8 +2,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Durability, ReadableTable};
-
 use std::path::PathBuf;
 
 use super::file::{aside_path, utc_stamp};
@@ -237,8 +235,8 @@ fn corrupt_file_is_a_clear_error() {
     );
 }
 
-/// A store with `n` committed entries, closed cleanly; its bytes.
-fn store_file(path: &Path, n: u64) -> Vec<u8> {
+/// A store with `n` committed entries, closed cleanly.
+fn store_file(path: &Path, n: u64) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let s = EmbeddedStore::open(path, Duration::from_secs(3600)).unwrap();
@@ -247,7 +245,6 @@ fn store_file(path: &Path, n: u64) -> Vec<u8> {
         }
         s.flush().await.unwrap();
     });
-    std::fs::read(path).unwrap()
 }
 
 /// The `.corrupt-*` files beside `path`.
@@ -267,19 +264,72 @@ fn moved_aside(path: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Every file under `dir`, with its size, largest first.
+fn files_in(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_in(&p));
+        } else {
+            out.push((p.clone(), std::fs::metadata(&p).unwrap().len()));
+        }
+    }
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// The store's largest table file (`keyspaces/<id>/tables/<n>`).
+fn largest_table(path: &Path) -> (PathBuf, u64) {
+    files_in(path)
+        .into_iter()
+        .find(|(p, _)| p.parent().is_some_and(|d| d.ends_with("tables")))
+        .expect("a table file")
+}
+
 #[test]
 fn unreadable_content_is_moved_aside_and_a_fresh_store_opens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("greylist.db");
-    let full = store_file(&path, 2_000);
-    // Truncated anywhere (redb panics past the first 512 bytes, errors before), or garbage.
-    let mut cases: Vec<(String, Vec<u8>)> = [1usize, 100, 4096, full.len() / 2, full.len() - 1]
-        .iter()
-        .map(|&n| (format!("truncated to {n}"), full[..n].to_vec()))
-        .collect();
-    cases.push(("garbage".into(), b"not a database\n".repeat(1000)));
-    for (what, bytes) in cases {
-        std::fs::write(&path, &bytes).unwrap();
+    // Damage that a crash cannot cause (the journal's torn tail is what a crash leaves, and
+    // fjall repairs that): a table truncated or overwritten, the format marker garbled.
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage); 4] = [
+        ("table truncated to half", |p| {
+            let (t, len) = largest_table(p);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(t)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap();
+        }),
+        ("table truncated to 0", |p| {
+            let (t, _) = largest_table(p);
+            std::fs::write(t, b"").unwrap();
+        }),
+        ("table overwritten", |p| {
+            let (t, len) = largest_table(p);
+            std::fs::write(t, b"not a table\n".repeat(len as usize / 12 + 1)).unwrap();
+        }),
+        ("format marker garbled", |p| {
+            std::fs::write(p.join("version"), b"garbage").unwrap();
+        }),
+    ];
+    for (what, damage) in cases {
+        store_file(&path, 20_000);
+        // A flush to a table: the entries must not live only in the journal.
+        {
+            let s = EmbeddedStore::open(&path, Duration::from_secs(1)).unwrap();
+            s.shared
+                .db()
+                .unwrap()
+                .ks
+                .rotate_memtable_and_wait()
+                .unwrap();
+        }
+        damage(&path);
+        let damaged = files_in(&path);
         // The admin path reports and never renames.
         let err = EmbeddedStore::open(&path, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{what}: {err}");
@@ -294,7 +344,13 @@ fn unreadable_content_is_moved_aside_and_a_fresh_store_opens() {
         assert!(moved.reason.contains("corrupt"), "{what}: {}", moved.reason);
         let aside = moved_aside(&path);
         assert_eq!(aside, vec![moved.moved_to.clone()], "{what}");
-        assert_eq!(std::fs::read(&moved.moved_to).unwrap(), bytes, "{what}");
+        // The damaged store is kept as it was, for the admin to look at.
+        let kept: Vec<u64> = files_in(&moved.moved_to).iter().map(|f| f.1).collect();
+        assert_eq!(
+            kept,
+            damaged.iter().map(|f| f.1).collect::<Vec<_>>(),
+            "{what}"
+        );
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             assert_eq!(s.get("t:000007").await.unwrap(), None, "{what}: fresh");
@@ -302,7 +358,8 @@ fn unreadable_content_is_moved_aside_and_a_fresh_store_opens() {
             s.flush().await.unwrap();
         });
         drop(s);
-        std::fs::remove_file(&moved.moved_to).unwrap();
+        std::fs::remove_dir_all(&moved.moved_to).unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
     }
 }
 
@@ -320,9 +377,11 @@ fn a_good_file_is_not_moved_and_operations_problems_are_not_either() {
         "{err}"
     );
     drop(s);
-    // A directory, a missing directory: refused, not moved.
-    let err = EmbeddedStore::open_for_daemon(dir.path(), Options::default()).unwrap_err();
-    assert!(err.to_string().contains("is a directory"), "{err}");
+    // A socket where the store should be, a missing directory: refused, not moved.
+    let socket = dir.path().join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let err = EmbeddedStore::open_for_daemon(&socket, Options::default()).unwrap_err();
+    assert!(err.to_string().contains("not a directory"), "{err}");
     let err = EmbeddedStore::open_for_daemon(&dir.path().join("no/x.db"), Options::default())
         .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
@@ -383,10 +442,12 @@ fn missing_or_unwritable_location_is_a_clear_error() {
         "{msg}"
     );
 
-    let msg = EmbeddedStore::open(dir.path(), Duration::from_secs(1))
+    let socket = dir.path().join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let msg = EmbeddedStore::open(&socket, Duration::from_secs(1))
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("is a directory"), "{msg}");
+    assert!(msg.contains("not a directory"), "{msg}");
 
     // Unwritable: a read-only directory stops everyone but root; /sys stops root too.
     use std::os::unix::fs::PermissionsExt;
@@ -572,10 +633,10 @@ fn bench_1m() {
     });
     let load = t0.elapsed();
     println!(
-        "load: {n} entries in {:.1}s ({:.0}/s), file {:.1} MB, {}",
+        "load: {n} entries in {:.1}s ({:.0}/s), store {:.1} MB, {}",
         load.as_secs_f64(),
         n as f64 / load.as_secs_f64(),
-        std::fs::metadata(&cfg.path).unwrap().len() as f64 / 1e6,
+        disk_bytes(&cfg.path) as f64 / 1e6,
         rss()
     );
 
@@ -678,21 +739,18 @@ fn bench_1m() {
     let t0 = Instant::now();
     let purged = rt.block_on(g.store().purge(now + 3_601)).unwrap();
     println!(
-        "purge: {purged} expired entries in {:?}; file {:.1} MB; {}",
+        "purge: {purged} expired entries in {:?}; store {:.1} MB; {}",
         t0.elapsed(),
-        std::fs::metadata(&cfg.path).unwrap().len() as f64 / 1e6,
+        disk_bytes(&cfg.path) as f64 / 1e6,
         rss()
     );
     drop(g);
-    if let Some(keep) = std::env::var_os("BENCH_KEEP") {
-        std::fs::copy(&cfg.path, keep).unwrap();
-    }
     let t0 = Instant::now();
     let compacted = EmbeddedStore::compact(&cfg.path).unwrap();
     println!(
-        "compact: {compacted} in {:?}; file {:.1} MB",
+        "compact: {compacted} in {:?}; store {:.1} MB",
         t0.elapsed(),
-        std::fs::metadata(&cfg.path).unwrap().len() as f64 / 1e6
+        disk_bytes(&cfg.path) as f64 / 1e6
     );
 }
 
@@ -705,86 +763,6 @@ fn rss() -> String {
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The design not taken: one redb write transaction per update (`Durability::None`), with a
-/// durable commit every second. For the comparison in the module docs:
-/// `cargo test --release --lib store::embedded::tests::bench_per_update_txn -- --ignored --nocapture`
-#[test]
-#[ignore = "benchmark"]
-fn bench_per_update_txn() {
-    let n: u64 = std::env::var("BENCH_ENTRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("plain.db");
-    let mut b = Database::builder();
-    b.set_cache_size(CACHE_BYTES);
-    let db = b.create(&path).unwrap();
-    let key = |i: u64| {
-        format!(
-            "t:198.51.{}.0/24|sender{}@example{}.com|rcpt{}@example.org",
-            i % 256,
-            i,
-            i % 1000,
-            i % 5000
-        )
-    };
-    let t0 = Instant::now();
-    let mut i = 0;
-    while i < n {
-        let tx = db.begin_write().unwrap();
-        {
-            let mut t = tx.open_table(TABLE).unwrap();
-            for j in i..(i + 10_000).min(n) {
-                t.insert(key(j).as_str(), &encode(&entry(j))[..]).unwrap();
-            }
-        }
-        tx.commit().unwrap();
-        i += 10_000;
-    }
-    println!("loaded {n} in {:?}", t0.elapsed());
-    let size0 = std::fs::metadata(&path).unwrap().len();
-    let updates = 50_000u64;
-    let mut lat = Vec::new();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let t0 = Instant::now();
-    let mut last_durable = Instant::now();
-    for _ in 0..updates {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let k = key(x % n);
-        let start = Instant::now();
-        let mut tx = db.begin_write().unwrap();
-        if last_durable.elapsed() >= Duration::from_secs(1) {
-            tx.set_durability(Durability::Immediate);
-            last_durable = Instant::now();
-        } else {
-            tx.set_durability(Durability::None);
-        }
-        {
-            let mut t = tx.open_table(TABLE).unwrap();
-            let old = t.get(k.as_str()).unwrap().and_then(|v| decode(v.value()));
-            let Write::Put(e) = bump(old) else {
-                unreachable!()
-            };
-            t.insert(k.as_str(), &encode(&e)[..]).unwrap();
-        }
-        tx.commit().unwrap();
-        lat.push(start.elapsed());
-    }
-    let el = t0.elapsed();
-    lat.sort();
-    println!(
-        "per-update transactions (one writer): {:.0} updates/s, p50 {:?} p99 {:?}, file {:.1} MB -> {:.1} MB",
-        updates as f64 / el.as_secs_f64(),
-        lat[lat.len() / 2],
-        lat[lat.len() * 99 / 100],
-        size0 as f64 / 1e6,
-        std::fs::metadata(&path).unwrap().len() as f64 / 1e6
-    );
 }
 
 #[tokio::test]
