@@ -413,7 +413,7 @@ if want greylist; then
   redis_rss="$(rss_kb "$(pid_of redis)")"
   stop mx-greylist; stop mx-greylist-redis; stop redis
   gl_entries="$("$MX" greylist list --limit 1000000000 --config "$W/greylist.toml" 2>/dev/null | grep -c '^t:' || true)"
-  emit "{\"scenario\":\"greylist_daemon\",\"filter\":\"mxsentry-embedded\",\"rss_kb\":$gl_rss,\"store_bytes\":$(stat -c %s "$W/greylist-18900.db"),\"triplets\":${gl_entries:-0}}"
+  emit "{\"scenario\":\"greylist_daemon\",\"filter\":\"mxsentry-embedded\",\"rss_kb\":$gl_rss,\"store_bytes\":$(du -sb "$W/greylist-18900.db" | cut -f1),\"triplets\":${gl_entries:-0}}"
   emit "{\"scenario\":\"greylist_daemon\",\"filter\":\"mxsentry-redis\",\"rss_kb\":$glr_rss,\"redis_rss_kb\":$redis_rss}"
 
   log "greylist store at 1,000,000 triplets: cargo bench --bench greylist"
