@@ -312,35 +312,18 @@ fn a_domain_list_without_test_blocks_with_test_name_or_with_probes_off() {
         status.contains("dnsbl zone plain.test: UNHEALTHY since "),
         "{status}"
     );
-    let explain = mxsentry_out(
-        &d,
-        "explain",
-        &[
-            "--client-ip",
-            "192.0.2.10",
-            "--helo",
-            "mail.sender.test",
-            "--from",
-            "c@spam.example",
-            "--rcpt",
-            "u@example.org",
-        ],
-    );
-    let json = mxsentry_out(
-        &d,
-        "explain",
-        &[
-            "--client-ip",
-            "192.0.2.10",
-            "--helo",
-            "mail.sender.test",
-            "--from",
-            "c@spam.example",
-            "--rcpt",
-            "u@example.org",
-            "--json",
-        ],
-    );
+    let session = [
+        "--client-ip",
+        "192.0.2.10",
+        "--helo",
+        "mail.sender.test",
+        "--from",
+        "c@spam.example",
+        "--rcpt",
+        "u@example.org",
+    ];
+    let explain = mxsentry_out(&d, "explain", &session);
+    let json = mxsentry_out(&d, "explain", &[&session[..], &["--json"]].concat());
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let zones: Vec<(String, String, bool)> = v["zones"]
         .as_array()

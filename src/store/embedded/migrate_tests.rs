@@ -6,17 +6,8 @@ use std::time::Duration;
 use super::super::format::{encode, LEGACY_TABLE};
 use super::super::{EmbeddedStore, Opened, Options};
 use super::building;
-use crate::store::{Entry, GreylistStore};
-
-fn entry(n: u64) -> Entry {
-    Entry {
-        first_seen: n,
-        last_seen: n + 1,
-        passed: 2,
-        blocked: 3,
-        expires: n + 100,
-    }
-}
+use crate::store::embedded::tests::entry;
+use crate::store::GreylistStore;
 
 /// Writes a store as older versions did: one redb file, table `greylist_v1`.
 fn legacy_file(path: &Path, n: u64) {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::file::{aside_path, utc_stamp};
 use super::*;
 
-fn entry(n: u64) -> Entry {
+pub(super) fn entry(n: u64) -> Entry {
     Entry {
         first_seen: n,
         last_seen: n + 1,
