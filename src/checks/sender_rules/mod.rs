@@ -228,9 +228,7 @@ pub fn import_report(text: &str) -> (String, usize) {
     let mut out = String::new();
     let mut bad = errors.iter().peekable();
     let write_bad = |out: &mut String, e: &LineError| {
-        let original = lines
-            .get(e.line - 1)
-            .map_or("", |l| l.trim_start_matches('\u{feff}').trim());
+        let original = lines.get(e.line - 1).map_or("", |l| access::trim_line(l));
         let _ = writeln!(out, "line {}: cannot use: {}: {original}", e.line, e.reason);
     };
     for entry in table.entries() {
