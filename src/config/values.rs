@@ -122,7 +122,9 @@ pub fn check_smtp_reply(s: &str, temporary_only: bool) -> Result<(), String> {
             "invalid SMTP reply {s:?}: longer than the 510 characters SMTP allows"
         ));
     }
-    let mut text = &s[4..];
+    // The reply parser skips any run of spaces before the enhanced status code: so must this
+    // check, or "550   4.7.1 x" would pass here and be refused when the reply is built.
+    let mut text = s[4..].trim_start_matches(' ');
     let first = text.split(' ').next().unwrap_or("");
     if first.starts_with(|c: char| c.is_ascii_digit()) && first.contains('.') {
         text = &text[first.len()..];
@@ -370,6 +372,8 @@ mod tests {
             ("550 ", "needs text"),
             ("550 5.7.1", "needs text"),
             ("550 4.7.1 Mismatch", "5.X.Y"),
+            // found by the config fuzz target: spaces before the status code
+            ("550      4.7.1 {zone}", "5.X.Y"),
             ("450 4.7 Short", "4.X.Y"),
             ("550 5.7.1 two\r\nlines", "one line"),
         ] {
