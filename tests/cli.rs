@@ -1,18 +1,8 @@
 //! The command line as an admin uses it: check-config, access import, run refusing bad config.
 
-use std::process::Command;
+mod common;
 
-fn mxsentry(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxsentry"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::mxsentry;
 
 #[test]
 fn shipped_config_is_valid() {

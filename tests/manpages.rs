@@ -3,21 +3,13 @@
 //! included) with its options, the second every section and key of the repository's
 //! milter.toml; groff renders both without a warning.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-fn mxsentry(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxsentry"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::mxsentry;
 
 /// The subcommand names listed under "Commands:" in a `--help` text (without `help`).
 fn listed_commands(help: &str) -> Vec<String> {

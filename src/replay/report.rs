@@ -85,6 +85,21 @@ pub struct At<'a> {
     pub line: u64,
 }
 
+/// `FILE:LINE queue Q client IP (NAME) from <S> rcpt <R>: OLD -> `: what every text line about
+/// one recipient starts with.
+fn recipient_prefix(at: &At<'_>, rec: &Record, rcpt: &str) -> String {
+    format!(
+        "{}:{} queue {} client {} ({}) from <{}> rcpt <{rcpt}>: {} -> ",
+        at.file,
+        at.line,
+        rec.queue_id,
+        rec.client_ip,
+        rec.client_name,
+        rec.sender(),
+        rec.verdict,
+    )
+}
+
 /// `FILE:LINE queue Q client IP (NAME) from <S> rcpt <R>: OLD -> NEW (CODE: CAUSE)`.
 pub fn flip_text(at: &At<'_>, rec: &Record, rcpt: &str, new: &NewVerdict) -> String {
     let cause = if new.cause.is_empty() {
@@ -93,14 +108,8 @@ pub fn flip_text(at: &At<'_>, rec: &Record, rcpt: &str, new: &NewVerdict) -> Str
         format!(": {}", new.cause)
     };
     format!(
-        "{}:{} queue {} client {} ({}) from <{}> rcpt <{rcpt}>: {} -> {} ({}{cause})",
-        at.file,
-        at.line,
-        rec.queue_id,
-        rec.client_ip,
-        rec.client_name,
-        rec.sender(),
-        rec.verdict,
+        "{}{} ({}{cause})",
+        recipient_prefix(at, rec, rcpt),
         new.verdict,
         new.reason
     )
@@ -129,14 +138,8 @@ pub fn flip_json(at: &At<'_>, rec: &Record, rcpt: &str, new: &NewVerdict) -> Str
 /// `FILE:LINE ... rcpt <R>: undecidable without DNS: missing dnsbl zone X, ...`.
 pub fn undecidable_text(at: &At<'_>, rec: &Record, rcpt: &str, missing: &[String]) -> String {
     format!(
-        "{}:{} queue {} client {} ({}) from <{}> rcpt <{rcpt}>: {} -> undecidable (--no-dns; missing {})",
-        at.file,
-        at.line,
-        rec.queue_id,
-        rec.client_ip,
-        rec.client_name,
-        rec.sender(),
-        rec.verdict,
+        "{}undecidable (--no-dns; missing {})",
+        recipient_prefix(at, rec, rcpt),
         missing.join(", ")
     )
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::super::format::{encode, LEGACY_TABLE};
 use super::super::{EmbeddedStore, Opened, Options};
 use super::building;
-use crate::store::embedded::tests::entry;
+use crate::store::embedded::tests::{beside, entry};
 use crate::store::GreylistStore;
 
 /// Writes a store as older versions did: one redb file, table `greylist_v1`.
@@ -26,17 +26,7 @@ fn legacy_file(path: &Path, n: u64) {
 
 /// The `<path>.redb-*` files beside `path`.
 fn kept_old_files(path: &Path) -> Vec<PathBuf> {
-    let prefix = format!("{}.redb-", path.file_name().unwrap().to_string_lossy());
-    std::fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(&prefix)
-        })
-        .collect()
+    beside(path, ".redb-")
 }
 
 async fn assert_migrated(s: &EmbeddedStore, n: u64) {

@@ -247,9 +247,9 @@ fn store_file(path: &Path, n: u64) {
     });
 }
 
-/// The `.corrupt-*` files beside `path`.
-fn moved_aside(path: &Path) -> Vec<PathBuf> {
-    let prefix = format!("{}.corrupt-", path.file_name().unwrap().to_string_lossy());
+/// The files or directories beside `path` named `<its name><suffix>...`, sorted.
+pub(super) fn beside(path: &Path, suffix: &str) -> Vec<PathBuf> {
+    let prefix = format!("{}{suffix}", path.file_name().unwrap().to_string_lossy());
     let mut found: Vec<PathBuf> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -262,6 +262,11 @@ fn moved_aside(path: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found
+}
+
+/// The `.corrupt-*` files beside `path`.
+fn moved_aside(path: &Path) -> Vec<PathBuf> {
+    beside(path, ".corrupt-")
 }
 
 /// Every file under `dir`, with its size, largest first.
