@@ -8,6 +8,7 @@
 //! return codes, SMTP replies, ranges), so serde's error carries the value's span; checks that
 //! need more than one value run afterwards in `validate`.
 
+mod check_sections;
 mod control;
 mod de;
 mod duration;
@@ -24,14 +25,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use check_sections::{
+    DnsConfig, DnsblConfig, DnsblZone, HealthCheck, HeloConfig, RdnsConfig, TempFailureAction,
+};
 pub use control::{ControlConfig, DEFAULT_CONTROL_SOCKET};
 pub use de::MIN_MAX_FRAME;
 pub use duration::{format_duration, parse_duration};
 pub use listen::ListenSpec;
 pub use sections::{
-    Action, DnsConfig, DnsblConfig, DnsblZone, GreetingConfig, GreylistConfig, HealthCheck,
-    HeloConfig, LogConfig, LogFormat, MetricsConfig, MilterConfig, Mode, OverflowAction,
-    RdnsConfig, RegexRule, SenderRulesConfig, StoreKind, TempFailureAction, TrustedConfig,
+    Action, GreetingConfig, GreylistConfig, LogConfig, LogFormat, MetricsConfig, MilterConfig,
+    Mode, OverflowAction, RegexRule, SenderRulesConfig, StoreKind, TrustedConfig,
 };
 pub use shadow::ShadowConfig;
 pub use values::{is_listing_answer, ReturnCode};
