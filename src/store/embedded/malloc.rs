@@ -8,7 +8,9 @@
 //! to the kernel. Measured with `cargo bench --bench greylist` at 10M entries after churn:
 //! RSS 348 MB with 168 MB in use (`mallinfo2`); `malloc_trim(0)` brought it to 191 MB but took
 //! 135 ms with the arenas locked, too long to run while sessions allocate. With jemalloc and
-//! [`JEMALLOC_CONF`]: RSS 147-181 MB at the same point (docs/performance.md).
+//! [`JEMALLOC_CONF`]: RSS 137-147 MB at the same point (docs/performance.md). What remains
+//! above 200 MB while writes pour in (peaks of 230-320 MB during the bench's bulk writes) is
+//! memory in use: memtables waiting for their flush and the overlay.
 
 /// jemalloc's settings, read before `main` through the `malloc_conf` symbol that src/main.rs
 /// and the bench export (`_rjem_malloc_conf`, the prefixed name `tikv-jemalloc-sys` uses):
