@@ -12,6 +12,15 @@ use clap::{Parser, Subcommand};
 use mxsentry::checks::sender_rules;
 use mxsentry::{decision_log, policy, server::Server};
 
+/// jemalloc: returns the memory of the store's freed memtables to the kernel, where glibc
+/// malloc kept it (src/store/embedded/malloc.rs has the figures).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings ([`mxsentry::store::embedded::JEMALLOC_CONF`]), read before `main`.
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: &[u8; 60] = mxsentry::store::embedded::JEMALLOC_CONF;
+
 const DEFAULT_CONFIG: &str = "/etc/mxsentry/milter.toml";
 
 #[derive(Parser)]

@@ -16,7 +16,7 @@ use mxsentry::config::GreylistConfig;
 use mxsentry::store::embedded::{disk_bytes, EmbeddedStore};
 use mxsentry::store::{Entry, GreylistStore};
 
-use super::{decisions, print_phase, rss_mb, stored, xorshift, QUIET};
+use super::{decisions, memprof, print_phase, rss_mb, stored, xorshift, QUIET};
 
 const TASKS: u64 = 16;
 
@@ -92,6 +92,7 @@ pub async fn report(path: &Path, g: Arc<Greylister>, embedded: Arc<EmbeddedStore
         rss_mb("self"),
         embedded.memory_report()
     );
+    memprof::report("after churn");
 
     let next_fresh = Arc::new(AtomicU64::new(1 << 41));
     QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -111,6 +112,10 @@ pub async fn report(path: &Path, g: Arc<Greylister>, embedded: Arc<EmbeddedStore
         peak_rss_mb(),
         embedded.memory_report()
     );
+    memprof::report("after the full-speed phase on the churned store");
+    // What is left once jemalloc has given back the pages freed by the phase (1 s decay).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    memprof::report("3 s later, idle");
     drop(embedded);
 
     // Open after a clean stop.

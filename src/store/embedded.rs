@@ -85,7 +85,7 @@ use reader::{reader, ReadRequest, READERS};
 
 pub use file::{disk_bytes, MovedAside, Opened};
 pub use format::{decode, encode, ENCODED_LEN};
-pub use malloc::limit_malloc_arenas;
+pub use malloc::{limit_malloc_arenas, JEMALLOC_CONF};
 
 /// fjall's block cache (uncompressed data and index blocks). The tables also sit in the
 /// kernel's page cache, so a miss here costs a `pread` and an LZ4 decompression of one 4 KiB
@@ -330,17 +330,22 @@ impl EmbeddedStore {
     }
 
     /// Where the store's memory goes, for the bench: fjall's memtables (active and sealed,
-    /// bytes), its block cache (bytes in use), sealed memtables waiting for a flush, tables.
+    /// bytes), its block cache (bytes in use), sealed memtables waiting for a flush, the
+    /// filters and block indexes pinned in memory, tables.
     #[doc(hidden)]
     pub fn memory_report(&self) -> String {
         let Ok(db) = self.shared.db() else {
             return "closed".into();
         };
+        use fjall::AbstractTree as _;
         format!(
-            "memtables {:.1} MB ({} sealed), block cache {:.1} MB, {} tables",
+            "memtables {:.1} MB ({} sealed), block cache {:.1} MB, pinned filters {:.1} MB and \
+             block indexes {:.1} MB, {} tables",
             db.db.write_buffer_size() as f64 / 1e6,
             db.ks.sealed_memtable_count(),
             db.db.cache_size() as f64 / 1e6,
+            db.ks.tree.pinned_filter_size() as f64 / 1e6,
+            db.ks.tree.pinned_block_index_size() as f64 / 1e6,
             db.ks.table_count()
         )
     }
