@@ -25,7 +25,7 @@ fi
 timeout 900 apt-get install -y -q --no-install-recommends \
   postfix swaks bind9-dnsutils miltertest libmilter-dev python3 python3-dnslib python3-milter \
   sendmail-cf m4 libwrap0 liblockfile1 libldap-2.5-0 libdb5.3 libnsl2 libsasl2-2 procps util-linux mount e2fsprogs redis-server redis-tools openssl python3-prometheus-client \
-  groff-base man-db postgrey db5.3-util \
+  groff-base man-db postgrey db5.3-util gcc make libc6-dev \
   >>"$apt_log" 2>&1 || { tail -30 "$apt_log" >&2; die "apt-get install failed (log: $apt_log)"; }
 if [ ! -x "$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail" ]; then
   tmp="$(mktemp -d)"

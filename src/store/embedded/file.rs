@@ -34,14 +34,15 @@ use crate::store::StoreError;
 /// The keyspace (fjall's table) holding key → encoded entry.
 const KEYSPACE: &str = "greylist";
 
-/// Memtable size: the newest writes in memory before they become a sorted table on disk.
-/// Every flush (and the compactions flushes cause) installs a new version of the tree, and
-/// lsm-tree 3.1 fsyncs that version's files while holding the lock every point read takes:
-/// each install holds reads for up to three fsyncs (10–100 ms on a busy VM). Fewer, larger
-/// flushes mean fewer such pauses. Measured with `cargo bench --bench greylist` at 1M, A/B in
-/// the same minutes: 8 MiB → paced 20,000/s p99.9 50–56 ms, max 79–421 ms; 32 MiB → p99.9
-/// 4.6–9.1 ms, max 8–14 ms; bench peak RSS +17–36 MB. (fjall's default: 64 MiB.)
-const MEMTABLE_BYTES: u64 = 32 << 20;
+/// Memtable size: the newest writes in memory before they become a sorted table on disk;
+/// memory against flush and compaction work. Measured with `cargo bench --bench greylist` at
+/// 10M entries on a quiet machine, two runs each (docs/performance.md). Highest RSS while
+/// deciding / in the bulk preload / in the bulk churn: 16 MiB 172–199 / 199–212 / 238 MB,
+/// 32 MiB 192–262 / 268–269 / 316–322 MB. Tails within the runs' spread: max 12–30 ms vs
+/// 10–19 ms, paced 20,000/s p99.9 6.4–7.4 ms vs 1.6–5.5 ms. Earlier versions used 32 MiB to
+/// make flushes rarer, as each version install paused reads; the patched lsm-tree
+/// (vendor/lsm-tree) no longer does. (fjall's default: 64 MiB.)
+const MEMTABLE_BYTES: u64 = 16 << 20;
 
 /// Most journal on disk before memtables are flushed (fjall's minimum; its default is 512
 /// MiB). A `kill -9` replays at most this much at the next start.

@@ -1,8 +1,9 @@
 //! The reader threads: file reads for sessions.
 //!
 //! **Reads** look in the overlay (changes not yet committed), then in the store (fjall's reads
-//! never wait for a write, a flush or a compaction: tables are immutable and the memtable is a
-//! lock-free skiplist). The reader threads take queued reads in batches: under load they never
+//! never wait for a write, a flush or a compaction: tables are immutable, the memtable is a
+//! lock-free skiplist, and the patched lsm-tree (vendor/lsm-tree) hands reads the newest tree
+//! version without waiting for the fsyncs of the one being installed). The reader threads take queued reads in batches: under load they never
 //! sleep, so a read costs a queue push and at most a wake-up.
 
 use std::sync::atomic::Ordering;
