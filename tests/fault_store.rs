@@ -15,6 +15,8 @@
 //! * a full disk at start: a new store cannot be created, the daemon starts with it closed,
 //!   fails open, and opens it once space returns (an existing store may open: fjall frees its
 //!   obsolete journal at open); mail is never refused;
+//! * the store directory removed under the running daemon: SIGTERM still stops it, within the
+//!   bound a clean stop waits for the memtable's last write, with a log line that says why;
 //! * `kill -9` under load in a loop: the file always opens, and no acknowledged triplet is
 //!   missing once a commit that took it has finished (the daemon logs each commit at debug
 //!   level); losses are reported split by age (within `commit_interval` + 1 s or older).
@@ -843,5 +845,28 @@ fn kill_9_under_load_loses_at_most_the_commit_interval() {
     assert_eq!(
         broken, 0,
         "triplets acknowledged before a commit that finished before the kill -9 were lost"
+    );
+}
+
+#[test]
+fn daemon_stops_when_its_store_directory_was_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("greylist.db");
+    let mut d = Daemon::start_with_store_at(GREYLIST, &store);
+    for i in 0..20 {
+        let r = try_rcpt(d.port, &format!("s{i}@removed.example"), "u@example.org").expect("reply");
+        assert!(greylisted(&r), "{r:?}");
+    }
+    // Committed (the commit interval is 1 s), then gone: an admin's `rm -rf`, a lost mount.
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::remove_dir_all(&store).unwrap();
+    d.signal("TERM");
+    // Hang guard, far above the 10 s the stop waits for the memtable's write.
+    let status = d.wait_exit(Duration::from_secs(120));
+    let log = d.log();
+    assert!(status.is_some(), "still running 120 s after SIGTERM: {log}");
+    assert!(
+        log.contains("memtable could not be written to a table"),
+        "no log line says why the stop waited: {log}"
     );
 }

@@ -379,21 +379,49 @@ impl EmbeddedStore {
     }
 }
 
+/// How long closing the store waits for its memtable to be written to a table. A full memtable
+/// is written in well under a second; a write that fails (the store directory removed under
+/// the daemon, a dying disk) leaves fjall waiting for it forever, and a daemon that never
+/// exits on SIGTERM is worse than a journal to replay at the next start.
+const CLOSE_FLUSH_WAIT: Duration = Duration::from_secs(10);
+
 impl EmbeddedStore {
     /// Writes the memtable (what the journal holds) to a table, so that the next open has no
-    /// journal to replay. Everything is durable already: a failure (disk full) costs nothing
-    /// but a longer next start, so it is only logged.
+    /// journal to replay. Everything committed is durable already: a failure (disk full) costs
+    /// nothing but a longer next start, so it is only logged; one that does not end within
+    /// [`CLOSE_FLUSH_WAIT`] is left to its thread (the process is ending) and logged.
     fn flush_memtable(&self) {
         let Ok(db) = self.shared.db() else {
             return;
         };
-        let flushed = guarded(&self.shared.path, || {
-            db.ks
-                .rotate_memtable_and_wait()
-                .map_err(|e| db_err(&self.shared.path, e))
-        });
-        if let Err(e) = flushed {
+        let path = self.shared.path.clone();
+        let (done, flushed) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("greylist-close".into())
+            .spawn(move || {
+                let r = guarded(&path, || {
+                    db.ks
+                        .rotate_memtable_and_wait()
+                        .map_err(|e| db_err(&path, e))
+                });
+                let _ = done.send(r);
+            });
+        if let Err(e) = spawned {
             tracing::debug!(error = %e, "greylist store: memtable not flushed at close");
+            return;
+        }
+        match flushed.recv_timeout(CLOSE_FLUSH_WAIT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "greylist store: memtable not flushed at close")
+            }
+            Err(_) => tracing::warn!(
+                path = %self.shared.path.display(),
+                "greylist store: its memtable could not be written to a table within \
+                 {CLOSE_FLUSH_WAIT:?} at close (is the directory still there, the disk \
+                 healthy?); closing without: what was committed is in the journal, which the \
+                 next start replays"
+            ),
         }
     }
 }
