@@ -8,22 +8,7 @@ n=${1:-1000000}
 bin=${2:-target/release/mxsentry}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 - "$n" "$work/greylist.db" <<'PY'
-import sys, time
-n, path = int(sys.argv[1]), sys.argv[2]
-now = int(time.time())
-with open(path, "w") as f:
-    f.write("#\n# milter-greylist databases, dumped by milter-greylist-4.6.2 on 2026-12-05 00:00:00.\n"
-            "# DO NOT EDIT while milter-greylist is running, changes will be overwritten.\n#\n\n\n"
-            "#\n# stored tuples\n#\n"
-            "# Sender IP\tSender e-mail\tRecipient e-mail\tTime accepted\tUnsuccessful shortest tarpit\n")
-    for i in range(n):
-        ip = "10.%d.%d.%d" % ((i >> 16) & 255, (i >> 8) & 255, i & 255)
-        if i % 5 == 0:
-            f.write("%s\t<sender%d@example.com>\t<rcpt%d@example.org>\t%d AUTO\n" % (ip, i, i % 1000, now + 86400 - i % 3600))
-        else:
-            f.write("%s\t<sender%d@example.com>\t<rcpt%d@example.org>\t%d\n" % (ip, i, i % 1000, now + 600 - i % 1800))
-PY
+python3 "$(dirname "$0")/mg_dump.py" "$n" "$work/greylist.db"
 printf '[greylist]\npath = "%s/store.db"\npool_by_rdns = false\nipv4_prefix = 32\n[control]\nsocket = "%s/control.sock"\n' "$work" "$work" >"$work/milter.toml"
 daemon=
 if [ "${LIVE:-0}" = 1 ]; then
