@@ -16,26 +16,12 @@ daemon=
 # Stop the daemon and wait for it before removing its store.
 trap '[ -z "$daemon" ] || { kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; }; rm -rf "$work"' EXIT
 python3 "$(dirname "$0")/mg_dump.py" "$n" "$work/dump"
-cat >"$work/milter.toml" <<TOML
-[milter]
-listen = "inet:18962@127.0.0.1"
-[metrics]
-listen = "off"
-[dns]
-nameservers = ["127.0.0.1:9"]
-[trusted]
-networks = []
-[helo]
-action = "off"
-[rdns]
-no_ptr = "off"
-forged = "off"
-dynamic = "off"
-[greylist]
-path = "$work/store.db"
-[control]
-socket = "$work/control.sock"
-TOML
+# bench/lib.sh's configuration without DNS lookups, greylisting on, a control socket.
+. "$(dirname "$0")/lib.sh"
+: >"$work/access"
+mx_config "$work/milter.toml" protocol 18962 18963 "$work/access" "$work/store.db"
+sed -i 's/^enabled = false$/enabled = true/' "$work/milter.toml"
+printf '[control]\nsocket = "%s/control.sock"\n' "$work" >>"$work/milter.toml"
 "$bin" check-config --config "$work/milter.toml" >/dev/null
 t=$(date +%s.%N)
 "$bin" greylist import milter-greylist "$work/dump" --config "$work/milter.toml" | grep -v "^note:" || true
