@@ -1,5 +1,6 @@
-# Sourced by bench/run.sh, bench/profile.sh, bench/smoke.sh and bench/daemon-rss.sh: the one place that writes the
-# mxsentry configurations the benchmarks run. Nothing is trusted, so every session is checked.
+# Sourced by bench/run.sh, bench/profile.sh, bench/smoke.sh and bench/daemon-rss.sh: the one
+# place that writes the mxsentry configurations the benchmarks run. Nothing is trusted, so
+# every session is checked.
 #
 # mx_config FILE KIND PORT METRICS_PORT ACCESS_FILE GREYLIST_DB [DNS_ADDR] [EXTRA] [LOG_LEVEL]
 #   KIND protocol  sender rules only: HELO and rDNS actions off, no lists (no DNS lookup);
