@@ -73,17 +73,21 @@ fn xorshift(x: &mut u64) -> u64 {
     *x
 }
 
+/// A `/proc/PID/status` field in KiB (`pid`: `self` or a pid; `field` with its colon).
+fn status_kb(pid: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// VmRSS of a process in MB (`self` or a pid).
 fn rss_mb(pid: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    status_kb(pid, "VmRSS:").map_or(f64::NAN, |kb| kb as f64 / 1024.0)
 }
 
 struct Latencies {

@@ -181,13 +181,5 @@ pub fn child(path: &Path, n: u64) {
 
 /// VmHWM (peak RSS) of this process in MB.
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    super::status_kb("self", "VmHWM:").map_or(f64::NAN, |kb| kb as f64 / 1024.0)
 }

@@ -11,15 +11,7 @@ use std::time::Duration;
 static PEAK_KB: AtomicU64 = AtomicU64::new(0);
 
 fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    super::status_kb("self", field).unwrap_or(0)
 }
 
 /// Starts the sampling thread (once, at the start of the bench).
