@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use mxsentry::protocol::reply::Reply;
+pub use mxsentry::testing::letters;
 
 use super::{reply_text, try_rcpt_timed};
 
@@ -118,21 +119,6 @@ impl Load {
         }
         std::mem::take(&mut *lock(&self.results))
     }
-}
-
-/// `n` in letters (`a`, `b`, ... `ba`): greylisting masks digit runs in sender addresses
-/// (they change from message to message), so numbered senders would all be one triplet.
-pub fn letters(mut n: u64) -> String {
-    let mut out = Vec::new();
-    loop {
-        out.push(b'a' + (n % 26) as u8);
-        n /= 26;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -28,14 +28,14 @@ pub(crate) async fn open(target: &ListenSpec, nagle: bool) -> std::io::Result<Bo
     })
 }
 
-pub(crate) fn invalid(msg: String) -> std::io::Error {
+fn invalid(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
 
 pub(crate) struct Conn {
     pub(crate) io: Box<dyn Io>,
-    pub(crate) rbuf: BytesMut,
-    pub(crate) wbuf: BytesMut,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
     pub(crate) protocol: u32,
     /// Macro names the filter asked for, by SMFIM_* stage (empty: Postfix's defaults).
     pub(crate) macro_lists: Vec<(u32, Vec<Bytes>)>,
@@ -100,7 +100,7 @@ impl Conn {
     }
 
     /// Reads replies until a final one (skipping progress and header edits, as at EOM).
-    pub(crate) async fn recv_final(&mut self) -> std::io::Result<Reply> {
+    async fn recv_final(&mut self) -> std::io::Result<Reply> {
         loop {
             let r = self.recv().await?;
             if !matches!(

@@ -150,8 +150,9 @@ mod session;
 mod stats;
 
 use hold::hold;
+use mxsentry::testing::letters;
 use report::{cpu_seconds, print_report, Report};
-use session::{letters, worker, Client, Ctx};
+use session::{worker, Client, Ctx};
 use stats::Stats;
 
 // ---------------------------------------------------------------------------------------------

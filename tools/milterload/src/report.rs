@@ -7,7 +7,7 @@ use crate::stats::{Stat, Stats, STAT_NAMES};
 use crate::{Args, Mta};
 use mxsentry::protocol::negotiate::flags;
 
-pub(crate) fn percentile(sorted: &[u32], p: f64) -> u32 {
+fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
     }
@@ -26,7 +26,7 @@ pub(crate) fn cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-pub(crate) fn json_str(s: &str) -> String {
+fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for ch in s.chars() {
@@ -43,7 +43,7 @@ pub(crate) fn json_str(s: &str) -> String {
     out
 }
 
-pub(crate) fn protocol_summary(p: u32) -> (String, String) {
+fn protocol_summary(p: u32) -> (String, String) {
     use flags::*;
     let stages = [
         ("connect", SMFIP_NOCONNECT, SMFIP_NR_CONN),

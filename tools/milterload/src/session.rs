@@ -11,6 +11,8 @@ use mxsentry::config::ListenSpec;
 use mxsentry::protocol::command::{ClientAddress, Command, MacroPairs, NulStrings};
 use mxsentry::protocol::reply::Reply;
 
+use mxsentry::testing::letters;
+
 use crate::conn::{default_macro_names, negotiate, Conn};
 use crate::stats::{Stat, Stats};
 use crate::{Args, Mta};
@@ -37,7 +39,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     /// Claims the next session number, or None when the run is over.
-    pub(crate) fn claim(&self) -> Option<u64> {
+    fn claim(&self) -> Option<u64> {
         if let Some(d) = self.deadline {
             if Instant::now() >= d {
                 return None;
@@ -50,7 +52,7 @@ impl Ctx {
 }
 
 /// Per-session values of the macros the generator knows.
-pub(crate) fn macro_value(name: &[u8], s: &SessionVars<'_>) -> Option<Vec<u8>> {
+fn macro_value(name: &[u8], s: &SessionVars<'_>) -> Option<Vec<u8>> {
     let bare = match name {
         [b'{', inner @ .., b'}'] => inner,
         other => other,
@@ -140,21 +142,7 @@ pub(crate) fn push_macros(
     });
 }
 
-/// `n` in base 26, `a`..`z`: a unique local-part token without digits.
-pub(crate) fn letters(mut n: u64) -> String {
-    let mut out = Vec::new();
-    loop {
-        out.push(b'a' + (n % 26) as u8);
-        n /= 26;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).expect("ASCII")
-}
-
-pub(crate) fn reply_kind(r: &Reply) -> String {
+fn reply_kind(r: &Reply) -> String {
     match r {
         Reply::ReplyCode { text } => format!(
             "replycode {}",
@@ -171,9 +159,9 @@ pub(crate) enum End {
 }
 
 pub(crate) struct Timing {
-    pub(crate) connect_at: Option<Instant>,
-    pub(crate) rcpt_done_at: Option<Instant>,
-    pub(crate) slept: Duration,
+    connect_at: Option<Instant>,
+    rcpt_done_at: Option<Instant>,
+    slept: Duration,
 }
 
 pub(crate) async fn gap(ms: f64, timing: &mut Timing) {
@@ -403,7 +391,7 @@ pub(crate) async fn session(
 }
 
 /// A final reply before EOM: Postfix stops sending this message to the filter.
-pub(crate) async fn content_end(c: &mut Conn, r: Reply, stats: &mut Stats) -> std::io::Result<End> {
+async fn content_end(c: &mut Conn, r: Reply, stats: &mut Stats) -> std::io::Result<End> {
     if !matches!(r, Reply::Accept) {
         push_abort(c, stats).await?;
     }
@@ -414,7 +402,7 @@ pub(crate) async fn content_end(c: &mut Conn, r: Reply, stats: &mut Stats) -> st
 }
 
 /// The message ends without EOM (refused): ABORT, which is never answered.
-pub(crate) async fn push_abort(c: &mut Conn, stats: &mut Stats) -> std::io::Result<()> {
+async fn push_abort(c: &mut Conn, stats: &mut Stats) -> std::io::Result<()> {
     c.push(&Command::Abort);
     if c.mta == Mta::Sendmail {
         c.flush(stats).await?;

@@ -21,7 +21,7 @@ pub(crate) enum Stat {
     ConnectToRcpt,
     Added,
 }
-pub(crate) const NSTATS: usize = 13;
+const NSTATS: usize = 13;
 pub(crate) const STAT_NAMES: [&str; NSTATS] = [
     "optneg",
     "connect",
