@@ -21,7 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
 
-step() { echo; echo "=== run-all: $* ($((SECONDS - T0))s)"; }
+# Each step shows the disk left: the build, the tests' stores and the fuzz build share it.
+step() { echo; echo "=== run-all: $* ($((SECONDS - T0))s; disk free: $(df -Ph . | awk 'NR==2 {print $4}'))"; }
 die() { echo; echo "run-all: FAILED: $*" >&2; exit 1; }
 
 if [ "${SKIP_LINT:-0}" != 1 ]; then
