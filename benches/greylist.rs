@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench greylist` (`GL_BENCH_N` changes the default 1,000,000 preloaded
 //! triplets). For each backend: preload N whitelisted triplets with `store.put`, run
-//! `Greylister::check` for 5 s at full speed from 64 tasks (half stored triplets, half new
+//! `Greylister::check` for 5 s at full speed from 64 tasks (`GL_BENCH_TASKS`; half stored triplets, half new
 //! ones), then 5 s at a fixed 20,000 decisions/s, and print a markdown table. The Redis run
 //! starts its own `redis-server` on a free loopback port (skipped when it is not installed).
 //! With `GL_BENCH_JSONL=FILE` each backend's row is also appended to FILE as one JSON line
@@ -40,7 +40,18 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[export_name = "_rjem_malloc_conf"]
 static JEMALLOC_CONF: &[u8; 60] = mxsentry::store::embedded::JEMALLOC_CONF;
 
-const TASKS: u64 = 64;
+/// Decisions in flight in each phase (`GL_BENCH_TASKS`, default 64): in a closed loop the
+/// mean latency is tasks / throughput, so the count sets the queueing part of the latency.
+fn tasks() -> u64 {
+    static TASKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TASKS.get_or_init(|| {
+        std::env::var("GL_BENCH_TASKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(64)
+    })
+}
 
 /// Set for phases where unexpected outcomes are expected (after churn deleted triplets).
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -177,7 +188,7 @@ fn allow_lookup_ns(a: &AllowLists) -> f64 {
     ns
 }
 
-/// One decisions phase: 64 tasks for [`PHASE`], each alternating a stored and a new triplet;
+/// One decisions phase: [`tasks`] tasks for [`PHASE`], each alternating a stored and a new triplet;
 /// `period` paces each task (None: back to back). With `allow`, the allow lists are asked first.
 async fn decisions(
     g: Arc<Greylister>,
@@ -189,7 +200,7 @@ async fn decisions(
     let start = Instant::now();
     let end = start + PHASE;
     let mut handles = Vec::new();
-    for w in 0..TASKS {
+    for w in 0..tasks() {
         let (g, next_fresh, allow) = (g.clone(), next_fresh.clone(), allow.clone());
         handles.push(tokio::spawn(async move {
             // Grown as needed: a large reservation per task (64 × 3.2 MB) would be the bench's
@@ -199,7 +210,7 @@ async fn decisions(
             let mut x = (w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             let mut tick = period.map(|p| {
                 // Spread the tasks' ticks over one period.
-                let offset = p.mul_f64(w as f64 / TASKS as f64);
+                let offset = p.mul_f64(w as f64 / tasks() as f64);
                 tokio::time::interval_at(tokio::time::Instant::now() + offset, p)
             });
             let mut k = 0u64;
@@ -314,12 +325,16 @@ async fn run(
     let next_fresh = Arc::new(AtomicU64::new(1 << 40));
     // 2. Full speed, then paced at RATE.
     let full = decisions(g.clone(), n, next_fresh.clone(), None, allow.clone()).await;
-    print_phase(backend, "full speed, 64 tasks", &full);
+    print_phase(backend, &format!("full speed, {} tasks", tasks()), &full);
     store.flush().await.expect("flush");
     memprof::report(&format!("{backend} after full speed"));
-    let period = Duration::from_secs_f64(TASKS as f64 / RATE as f64);
+    let period = Duration::from_secs_f64(tasks() as f64 / RATE as f64);
     let paced = decisions(g.clone(), n, next_fresh, Some(period), allow).await;
-    print_phase(backend, &format!("paced {RATE}/s, 64 tasks"), &paced);
+    print_phase(
+        backend,
+        &format!("paced {RATE}/s, {} tasks", tasks()),
+        &paced,
+    );
     store.flush().await.expect("flush");
     memprof::report(&format!("{backend} after paced"));
     (g, stored_n, preload, full, paced)

@@ -99,7 +99,10 @@ pub async fn report(path: &Path, g: Arc<Greylister>, embedded: Arc<EmbeddedStore
     let full = decisions(g.clone(), n, next_fresh, None, None).await;
     print_phase(
         "embedded",
-        "after churn, full speed, 64 tasks (deleted and purged triplets decide New: unexpected)",
+        &format!(
+            "after churn, full speed, {} tasks (deleted and purged triplets decide New: unexpected)",
+            super::tasks()
+        ),
         &full,
     );
     store.flush().await.expect("flush");
