@@ -18,6 +18,8 @@
 mod churn;
 #[path = "greylist/memprof.rs"]
 mod memprof;
+#[path = "greylist/threadcpu.rs"]
+mod threadcpu;
 
 use std::io::{Read, Write as _};
 use std::net::{IpAddr, TcpListener, TcpStream};

@@ -41,4 +41,5 @@ pub fn report(label: &str) {
         mb("Anonymous:"),
         mb("Rss:") - mb("Anonymous:"),
     );
+    super::threadcpu::report(label);
 }
