@@ -12,7 +12,8 @@ static SEEN: Mutex<Option<HashMap<u32, u64>>> = Mutex::new(None);
 
 /// The group a thread's name belongs to ("greylist-read1" → "greylist-read").
 fn group(comm: &str) -> String {
-    comm.trim_end_matches(|c: char| c.is_ascii_digit()).to_string()
+    comm.trim_end_matches(|c: char| c.is_ascii_digit())
+        .to_string()
 }
 
 /// One line: CPU seconds per thread group since the last call.
@@ -44,7 +45,7 @@ pub fn report(label: &str) {
         *by_group.entry(group(comm)).or_default() += ticks.saturating_sub(before);
     }
     let mut groups: Vec<_> = by_group.into_iter().filter(|(_, t)| *t > 0).collect();
-    groups.sort_by(|a, b| b.1.cmp(&a.1));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1));
     let parts: Vec<String> = groups
         .iter()
         .map(|(g, t)| format!("{g} {:.1}", *t as f64 / ticks_per_s))

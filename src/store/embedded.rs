@@ -81,7 +81,7 @@ mod reader;
 use commit::{committer, CommitState, Control, Failures};
 use file::{check_location, db_err, guarded, io_err, move_aside, open_database, Db, OpenError};
 use overlay::{Shard, SHARDS};
-use reader::{reader, ReadRequest, READERS};
+use reader::{reader, Readers, READERS};
 
 pub use file::{disk_bytes, MovedAside, Opened};
 pub use format::{decode, encode, ENCODED_LEN};
@@ -146,14 +146,8 @@ struct Shared {
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
     committer: Mutex<Option<JoinHandle<()>>>,
-    /// Per reader thread: its queue (dropped to stop it) and handle.
-    readers: Mutex<
-        Vec<(
-            tokio::sync::mpsc::UnboundedSender<ReadRequest>,
-            JoinHandle<()>,
-        )>,
-    >,
-    next_reader: std::sync::atomic::AtomicUsize,
+    /// The reader threads and their shared queue.
+    readers: Mutex<Readers>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -292,17 +286,17 @@ impl EmbeddedStore {
         let store = EmbeddedStore {
             shared,
             committer: Mutex::new(Some(committer)),
-            readers: Mutex::new(Vec::new()),
-            next_reader: Default::default(),
+            readers: Mutex::new(Readers::default()),
         };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        lock(&store.readers).queue = Some(tx);
         for i in 0..READERS {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let s = store.shared.clone();
+            let (s, rx) = (store.shared.clone(), rx.clone());
             let h = std::thread::Builder::new()
                 .name(format!("greylist-read{i}"))
                 .spawn(move || reader(s, rx))
                 .map_err(|e| io_err(path, "cannot start a reader thread", e))?;
-            lock(&store.readers).push((tx, h));
+            lock(&store.readers).threads.push(h);
         }
         Ok(store)
     }
@@ -369,11 +363,11 @@ impl EmbeddedStore {
         if !lock(&self.shared.control).abandon {
             self.flush_memtable();
         }
-        // Closing their queues stops the readers; joining them releases the file lock
+        // Closing their queue stops the readers; joining them releases the file lock
         // before the store is gone (a reopen right after must not find the file in use).
         let readers = std::mem::take(&mut *lock(&self.readers));
-        for (tx, h) in readers {
-            drop(tx);
+        drop(readers.queue);
+        for h in readers.threads {
             let _ = h.join();
         }
     }

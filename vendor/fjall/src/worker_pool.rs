@@ -41,9 +41,6 @@ impl std::fmt::Debug for WorkerMessage {
 
 type WorkerHandle = JoinHandle<Result<(), crate::Error>>;
 
-/// mxsentry: how long the flush-first worker waits after handing a compaction request back.
-const COMPACT_HANDOFF_PAUSE_MS: u64 = 10;
-
 pub struct WorkerPool {
     thread_handles: Mutex<Vec<WorkerHandle>>,
     pub(crate) rx: flume::Receiver<WorkerMessage>,
@@ -174,6 +171,50 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
         return Ok(true);
     };
 
+    handle_message(ctx, item)
+}
+
+/// mxsentry: how long the flush-first worker waits when the queue holds only compaction
+/// requests it has handed back.
+const COMPACT_HANDOFF_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// mxsentry: the flush-first worker (worker 0 of several) got a compaction request. Upstream
+/// sent it back to the queue and returned to the queue, where that same request was waiting:
+/// for as long as another worker compacted (seconds at 10M entries), worker 0 took it back and
+/// sent it again, a busy loop holding a whole core. Now it takes every queued message at once,
+/// sends the compaction requests back (all of them: each is one round of compaction for a
+/// free worker), handles the others (flushes, rotations, close) itself, and pauses only when
+/// there were none, so a flush or rotation waits at most one pause.
+fn hand_back_compactions(ctx: &WorkerState, first: Keyspace) -> crate::Result<bool> {
+    let mut compactions = vec![first];
+    let mut others = Vec::new();
+    while let Ok(message) = ctx.rx.try_recv() {
+        match message {
+            WorkerMessage::Compact(keyspace) => compactions.push(keyspace),
+            other => others.push(other),
+        }
+    }
+    for keyspace in compactions {
+        ctx.sender.try_send(WorkerMessage::Compact(keyspace)).ok();
+    }
+    if others.is_empty() {
+        std::thread::sleep(COMPACT_HANDOFF_PAUSE);
+        return Ok(false);
+    }
+    let mut others = others.into_iter();
+    while let Some(message) = others.next() {
+        if handle_message(ctx, message)? {
+            // Closing: what is left goes back for the other workers (a close for each).
+            for rest in others {
+                ctx.sender.try_send(rest).ok();
+            }
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn handle_message(ctx: &WorkerState, item: WorkerMessage) -> crate::Result<bool> {
     log::trace!("Worker #{} got message: {item:?}", ctx.worker_id);
 
     match item {
@@ -253,14 +294,7 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
         WorkerMessage::Compact(keyspace) => {
             // NOTE: Let one worker prioritize flushing if there are pending flushes
             if ctx.pool_size > 1 && ctx.worker_id == 0 {
-                ctx.sender.try_send(WorkerMessage::Compact(keyspace)).ok();
-                // mxsentry: without a pause this worker takes back the message it just sent,
-                // at once, for as long as another worker compacts: a busy loop that held a
-                // whole core (measured: 24 % of a 2-core machine's CPU in this loop and
-                // flume's send during a compaction). The pause only delays the next flush
-                // this worker takes by at most twice its length.
-                std::thread::sleep(std::time::Duration::from_millis(COMPACT_HANDOFF_PAUSE_MS));
-                return Ok(false);
+                return hand_back_compactions(ctx, keyspace);
             }
 
             run_compaction(&keyspace, &ctx.supervisor.snapshot_tracker, &ctx.stats)?;
