@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Per thread id: its name group and the CPU ticks already reported.
+/// Per thread id: the CPU ticks already reported.
 static SEEN: Mutex<Option<HashMap<u32, u64>>> = Mutex::new(None);
 
 /// The group a thread's name belongs to ("greylist-read1" → "greylist-read").
