@@ -283,13 +283,15 @@ impl EmbeddedStore {
             .name("greylist-commit".into())
             .spawn(move || committer(s))
             .map_err(|e| io_err(path, "cannot start the committer thread", e))?;
+        let (tx, rx) = crossbeam_channel::unbounded();
         let store = EmbeddedStore {
             shared,
             committer: Mutex::new(Some(committer)),
-            readers: Mutex::new(Readers::default()),
+            readers: Mutex::new(Readers {
+                queue: Some(tx),
+                threads: Vec::new(),
+            }),
         };
-        let (tx, rx) = crossbeam_channel::unbounded();
-        lock(&store.readers).queue = Some(tx);
         for i in 0..READERS {
             let (s, rx) = (store.shared.clone(), rx.clone());
             let h = std::thread::Builder::new()
