@@ -44,6 +44,28 @@ done
 wait $gen || { cat "$work/load.txt" >&2; exit 1; }
 head -1 "$work/load.txt"
 grep 'reply' "$work/load.txt" | head -3
+grep -E '^(latency|rcpt) ' "$work/load.txt"
 echo "under load: highest RSS sampled $peak MB, RSS at the end $(rss VmRSS) MB, VmHWM $(rss VmHWM) MB"
 sleep 5
 echo "5 s after the load: RSS $(rss VmRSS) MB; $("$bin" status --config "$work/milter.toml" | grep -i 'entries\|store' | head -2 | tr '\n' ' ')"
+# The store's latency under the load, from the daemon's histogram.
+python3 - <<'EOT'
+import re, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:18963/metrics", timeout=10).read().decode()
+buckets = {}
+for line in text.splitlines():
+    m = re.match(r'mxsentry_greylist_operation_duration_seconds_bucket\{(.*)\} (\d+)$', line)
+    if m:
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+        buckets.setdefault(labels["op"], []).append((le, int(m.group(2))))
+for op in ("lookup", "record"):
+    b = sorted(buckets.get(op, []))
+    if not b:
+        continue
+    total = b[-1][1]
+    over = lambda s: total - max(c for le, c in b if le <= s)
+    p999 = next(le for le, c in b if c >= total * 0.999)
+    print(f"store {op}: {total} operations; above 1 ms {over(0.001)}, above 2 ms {over(0.002)} "
+          f"({100 * over(0.002) / max(total, 1):.3f} %), above 5 ms {over(0.005)}; p99.9 <= {p999 * 1000:g} ms")
+EOT

@@ -92,6 +92,7 @@ pub(crate) fn print_report(args: &Args, mut r: Report) {
             v.len(),
             percentile(v, 0.5),
             percentile(v, 0.99),
+            percentile(v, 0.999),
             v.last().copied().unwrap_or(0),
         )
     };
@@ -100,7 +101,7 @@ pub(crate) fn print_report(args: &Args, mut r: Report) {
         let sess = summary(Stat::Session as usize);
         let _ = write!(
             o,
-            "{{\"target\":{},\"mta\":{},\"concurrency\":{},\"sessions\":{},\"errors\":{},\"seconds\":{secs:.3},\"sessions_per_sec\":{rate:.1},\"loadgen_cpu_s\":{:.2},\"loadgen_cpu_us_per_session\":{cpu_us_per_session:.1},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"round_trips_per_session\":{:.2},\"writes_per_session\":{:.2},\"protocol\":\"0x{protocol:06x}\",\"stages_sent\":{},\"stages_awaited\":{},\"gap_ms\":{},\"gap_rcpt_ms\":{},\"headers\":{},\"body_bytes\":{},\"rcpts\":{}",
+            "{{\"target\":{},\"mta\":{},\"concurrency\":{},\"sessions\":{},\"errors\":{},\"seconds\":{secs:.3},\"sessions_per_sec\":{rate:.1},\"loadgen_cpu_s\":{:.2},\"loadgen_cpu_us_per_session\":{cpu_us_per_session:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"round_trips_per_session\":{:.2},\"writes_per_session\":{:.2},\"protocol\":\"0x{protocol:06x}\",\"stages_sent\":{},\"stages_awaited\":{},\"gap_ms\":{},\"gap_rcpt_ms\":{},\"headers\":{},\"body_bytes\":{},\"rcpts\":{}",
             json_str(&args.target),
             json_str(match args.mta {
                 Mta::Postfix => "postfix",
@@ -113,6 +114,7 @@ pub(crate) fn print_report(args: &Args, mut r: Report) {
             sess.1,
             sess.2,
             sess.3,
+            sess.4,
             per(s.round_trips),
             per(s.writes),
             json_str(&sent),
@@ -126,7 +128,7 @@ pub(crate) fn print_report(args: &Args, mut r: Report) {
         o.push_str(",\"stages\":{");
         let mut first = true;
         for (i, name) in STAT_NAMES.iter().enumerate() {
-            let (n, p50, p99, max) = summary(i);
+            let (n, p50, p99, p999, max) = summary(i);
             if n == 0 {
                 continue;
             }
@@ -136,7 +138,7 @@ pub(crate) fn print_report(args: &Args, mut r: Report) {
             first = false;
             let _ = write!(
                 o,
-                "\"{name}\":{{\"n\":{n},\"p50_us\":{p50},\"p99_us\":{p99},\"max_us\":{max}}}"
+                "\"{name}\":{{\"n\":{n},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"max_us\":{max}}}"
             );
         }
         o.push_str("},\"replies\":{");
@@ -188,17 +190,18 @@ pub(crate) fn print_report(args: &Args, mut r: Report) {
         say!("negotiated protocol 0x{protocol:06x}: stages sent [{sent}], awaited [{awaited}]");
     }
     say!(
-        "{:<16} {:>9} {:>9} {:>9} {:>9}",
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "latency",
         "count",
         "p50_us",
         "p99_us",
+        "p99.9_us",
         "max_us"
     );
     for (i, name) in STAT_NAMES.iter().enumerate() {
-        let (n, p50, p99, max) = summary(i);
+        let (n, p50, p99, p999, max) = summary(i);
         if n > 0 {
-            say!("{name:<16} {n:>9} {p50:>9} {p99:>9} {max:>9}");
+            say!("{name:<16} {n:>9} {p50:>9} {p99:>9} {p999:>9} {max:>9}");
         }
     }
     for (k, v) in &s.replies {
