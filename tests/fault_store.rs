@@ -469,6 +469,7 @@ fn fault_under_load(
             l.contains("greylist commit failed")
                 || l.contains("greylist commits succeed again")
                 || l.contains("greylist store failed")
+                || l.contains("moved aside")
         })
         .collect();
     for l in &store_lines {
@@ -488,9 +489,22 @@ fn fault_under_load(
         .collect();
     stop(&mut d);
     let stored = stored_senders(&d.config_path);
-    for i in 0..20 {
-        assert!(stored.contains(&format!("before{i}@sender.example")));
-    }
+    let lost: Vec<usize> = (0..20)
+        .filter(|i| !stored.contains(&format!("before{i}@sender.example")))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{name}: triplets committed before the fault lost after the restart: {lost:?} of 0..20 \
+         ({} entries stored; stores moved aside: {:?}); the store's log lines:\n{}",
+        stored.len(),
+        moved_aside(store),
+        d.log()
+            .lines()
+            .filter(|l| l.contains("mxsentry::store") || l.contains("store failed"))
+            .take(60)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let missing = kept.iter().filter(|s| !stored.contains(*s)).count();
     eprintln!(
         "{name}: {} triplets greylisted during and after the fault, {missing} missing after the restart",
