@@ -500,8 +500,13 @@ fn fault_under_load(
         moved_aside(store),
         d.log()
             .lines()
-            .filter(|l| l.contains("mxsentry::store") || l.contains("store failed"))
-            .take(60)
+            // Continuation lines too: a caught panic's message spans several.
+            .filter(|l| {
+                l.contains("mxsentry::store")
+                    || l.contains("store failed")
+                    || !l.starts_with(|c: char| c.is_ascii_digit())
+            })
+            .take(80)
             .collect::<Vec<_>>()
             .join("\n")
     );
