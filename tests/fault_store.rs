@@ -378,6 +378,18 @@ impl Drop for Tmpfs {
     }
 }
 
+/// The daemon's log lines about its store, without the per-commit debug lines, with the
+/// continuation lines of multi-line messages (a caught panic's left/right and location).
+fn store_log_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            (l.contains("mxsentry::store") && !l.contains(" DEBUG "))
+                || l.contains("store failed")
+                || !l.starts_with(|c: char| c.is_ascii_digit())
+        })
+        .collect()
+}
+
 /// Runs the daemon on a store at `store`, applies `fault` under load, checks what sessions got
 /// and that the failure is counted and logged, then `repair`s and checks the recovery without
 /// a restart. Returns the daemon (stopped) for more checks.
@@ -432,10 +444,7 @@ fn fault_under_load(
     while !d.log().contains("greylist commits succeed again") {
         if started.elapsed() > Duration::from_secs(30) {
             let log = d.log();
-            let store: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("mxsentry::store") || l.contains("store failed"))
-                .collect();
+            let store = store_log_lines(&log);
             panic!(
                 "{name}: commits do not succeed 30 s after the repair:\n{}",
                 store[store.len().saturating_sub(40)..].join("\n")
@@ -498,17 +507,7 @@ fn fault_under_load(
          ({} entries stored; stores moved aside: {:?}); the store's log lines:\n{}",
         stored.len(),
         moved_aside(store),
-        d.log()
-            .lines()
-            // Continuation lines too: a caught panic's message spans several.
-            .filter(|l| {
-                l.contains("mxsentry::store")
-                    || l.contains("store failed")
-                    || !l.starts_with(|c: char| c.is_ascii_digit())
-            })
-            .take(80)
-            .collect::<Vec<_>>()
-            .join("\n")
+        store_log_lines(&d.log()).join("\n")
     );
     let missing = kept.iter().filter(|s| !stored.contains(*s)).count();
     eprintln!(
